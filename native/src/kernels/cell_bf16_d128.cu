@@ -1,0 +1,9 @@
+// Kernel cell bf16 x head_dim bucket 128 (one translation unit per cell).
+#include "launch_cell.cuh"
+
+namespace fd {
+int prepare_bf16_d128(bool vec, int* ctas_per_sm) { return prepare_cell<__nv_bfloat16, 128>(vec, ctas_per_sm); }
+int launch_bf16_d128(const DecodeParams& p, int head_blocks, bool vec, bool pdl, void* stream) {
+  return launch_cell<__nv_bfloat16, 128>(p, head_blocks, vec, pdl, stream);
+}
+}  // namespace fd

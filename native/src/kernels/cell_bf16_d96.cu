@@ -1,0 +1,9 @@
+// Kernel cell bf16 x head_dim bucket 96 (one translation unit per cell).
+#include "launch_cell.cuh"
+
+namespace fd {
+int prepare_bf16_d96(bool vec, int* ctas_per_sm) { return prepare_cell<__nv_bfloat16, 96>(vec, ctas_per_sm); }
+int launch_bf16_d96(const DecodeParams& p, int head_blocks, bool vec, bool pdl, void* stream) {
+  return launch_cell<__nv_bfloat16, 96>(p, head_blocks, vec, pdl, stream);
+}
+}  // namespace fd

@@ -1,0 +1,9 @@
+// Kernel cell f16 x head_dim bucket 80 (one translation unit per cell).
+#include "launch_cell.cuh"
+
+namespace fd {
+int prepare_f16_d80(bool vec, int* ctas_per_sm) { return prepare_cell<__half, 80>(vec, ctas_per_sm); }
+int launch_f16_d80(const DecodeParams& p, int head_blocks, bool vec, bool pdl, void* stream) {
+  return launch_cell<__half, 80>(p, head_blocks, vec, pdl, stream);
+}
+}  // namespace fd

@@ -1,0 +1,327 @@
+// The split kernel: one CTA per (batch, KV head, block of <= 16 query heads of
+// its group, K chunk). Each of its 4 warps streams 16-key tiles of K and V
+// through its own cp.async ring in shared memory and runs both products on the
+// tensor cores (m16n8k16: the group's query rows are the 16 rows of A, so each
+// K/V element is read from HBM once for the whole group). The warps' softmax
+// states are combined in a fixed order at the end, so results are bit-stable.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../kernel_params.h"
+#include "../split_policy.h"
+#include "ptx.cuh"
+
+namespace fd {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int DPAD>
+struct SplitSmem {
+  static constexpr int kRowStride = DPAD + 8;  // 16-byte pad: ldmatrix rows hit distinct banks
+  static constexpr int kTileElems = kTileKeys * kRowStride;
+  static constexpr int kStageElems = 2 * kTileElems;  // K tile then V tile
+  // Epilogue reuses the ring: per warp and row its max, sum and DPAD outputs.
+  static constexpr size_t kEpilogueBytes =
+      sizeof(float) * (2 * kWarpsPerCta * kMaxGroupPerCta +
+                       kWarpsPerCta * kMaxGroupPerCta * DPAD);
+  static constexpr size_t bytes(int stages) {
+    const size_t ring = size_t{2} * kWarpsPerCta * stages * kStageElems;
+    return ring > kEpilogueBytes ? ring : kEpilogueBytes;
+  }
+};
+
+// Copies one 16-key tile of K and V (rows key0..key0+15, keys >= key_end and
+// columns >= head_dim zero-filled) into shared memory.
+// VEC: 16-byte cp.async (needs head_dim % 8 == 0, 16-byte aligned rows);
+// otherwise element loads, for any head_dim, stride or alignment.
+template <typename T, int DPAD, bool VEC>
+__device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const T* vbase,
+                                             int64_t k_stride, int64_t v_stride, int key0,
+                                             int key_end, int head_dim, int lane) {
+  constexpr int RS = SplitSmem<DPAD>::kRowStride;
+  if constexpr (VEC) {
+    constexpr int kChunks = DPAD / 8;
+    static_assert(kTileKeys * kChunks % 32 == 0, "whole warp-wide copy steps");
+#pragma unroll
+    for (int it = 0; it < kTileKeys * kChunks / 32; ++it) {
+      const int i = lane + it * 32;
+      const int row = i / kChunks, c = i % kChunks;
+      const int key = key0 + row;
+      const bool ok = key < key_end && c * 8 < head_dim;
+      const T* ks = ok ? kbase + key * k_stride + c * 8 : kbase;
+      const T* vs = ok ? vbase + key * v_stride + c * 8 : vbase;
+      ptx::cp_async_16(sk + row * RS + c * 8, ks, ok ? 16 : 0);
+      ptx::cp_async_16(sv + row * RS + c * 8, vs, ok ? 16 : 0);
+    }
+  } else {
+    const T zero = ptx::from_float<T>(0.f);
+    for (int i = lane; i < kTileKeys * DPAD; i += 32) {
+      const int row = i / DPAD, c = i % DPAD;
+      const int key = key0 + row;
+      const bool ok = key < key_end && c < head_dim;
+      sk[row * RS + c] = ok ? kbase[key * k_stride + c] : zero;
+      sv[row * RS + c] = ok ? vbase[key * v_stride + c] : zero;
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack_bits(T lo, T hi) {
+  uint16_t a, b;
+  memcpy(&a, &lo, 2);
+  memcpy(&b, &hi, 2);
+  return static_cast<uint32_t>(a) | (static_cast<uint32_t>(b) << 16);
+}
+
+template <typename T, int DPAD, bool VEC, int STAGES>
+__global__ void __launch_bounds__(kThreadsPerCta)
+    decode_split_kernel(const DecodeParams p) {
+  using Mma = ptx::Mma<T>;
+  using S = SplitSmem<DPAD>;
+  constexpr int RS = S::kRowStride;
+  constexpr int KSTEPS = DPAD / 16;  // QK^T reduction steps over head_dim
+  constexpr int NT = DPAD / 8;       // 8-column output tiles of PV
+  static_assert(DPAD % 16 == 0, "head_dim buckets are multiples of 16");
+  static_assert(STAGES >= 2 || !VEC, "the cp.async ring needs two stages");
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int gid = lane >> 2, tid = lane & 3;  // mma fragment row group / column pair
+  const int b = blockIdx.x / p.num_kv_heads;
+  const int kvh = blockIdx.x - b * p.num_kv_heads;
+  const int split = blockIdx.y;
+  const int hq0 = kvh * p.group_size + blockIdx.z * kMaxGroupPerCta;
+  const int nh = min(kMaxGroupPerCta, p.group_size - static_cast<int>(blockIdx.z) * kMaxGroupPerCta);
+
+  // Inputs may be produced by the previous kernel in the stream (PDL).
+  ptx::grid_dependency_wait();
+
+  int seq_len = p.k_len;
+  if (p.seq_lens != nullptr) seq_len = min(max(p.seq_lens[b], 0), p.k_len);
+  const int lo = p.window_size > 0 ? max(0, seq_len - p.window_size) : 0;
+  const int chunk0 = split * p.chunk_len;
+  const int key_begin = max(chunk0, lo);
+  const int key_end = min(chunk0 + p.chunk_len, seq_len);
+  const int n_tiles = key_end > key_begin ? (key_end - key_begin + kTileKeys - 1) / kTileKeys : 0;
+  const int my_tiles = n_tiles > warp ? (n_tiles - warp + kWarpsPerCta - 1) / kWarpsPerCta : 0;
+
+  // Query rows of this CTA as mma A fragments (rows >= nh and columns >= D are 0).
+  uint32_t qf[KSTEPS][4];
+  {
+    const T* qb = static_cast<const T*>(p.q) + b * p.q_stride_b;
+    const T zero = ptx::from_float<T>(0.f);
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = gid + (i & 1) * 8;
+        const int col = ks * 16 + tid * 2 + (i >> 1) * 8;
+        const T* qr = qb + (hq0 + row) * p.q_stride_h;
+        const bool rv = row < nh;
+        const T lo_v = rv && col < p.head_dim ? qr[col] : zero;
+        const T hi_v = rv && col + 1 < p.head_dim ? qr[col + 1] : zero;
+        qf[ks][i] = pack_bits(lo_v, hi_v);
+      }
+  }
+
+  const T* kbase = static_cast<const T*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
+  const T* vbase = static_cast<const T*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
+  T* ring = smem + warp * STAGES * S::kStageElems;
+  auto tile_key0 = [&](int j) { return key_begin + (warp + j * kWarpsPerCta) * kTileKeys; };
+  auto load = [&](int j) {
+    T* sk = ring + (j % STAGES) * S::kStageElems;
+    load_kv_tile<T, DPAD, VEC>(sk, sk + S::kTileElems, kbase, vbase, p.k_stride_k, p.v_stride_k,
+                               tile_key0(j), key_end, p.head_dim, lane);
+  };
+
+  float m[2] = {-INFINITY, -INFINITY};  // running max of rows gid, gid+8 (log2 units)
+  float l[2] = {0.f, 0.f};              // this lane's part of the running sums
+  float o[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+  if constexpr (VEC) {
+#pragma unroll
+    for (int j = 0; j < STAGES - 1; ++j) {
+      if (j < my_tiles) load(j);
+      ptx::cp_async_commit();
+    }
+  }
+
+  for (int j = 0; j < my_tiles; ++j) {
+    if constexpr (VEC) {
+      ptx::cp_async_wait<STAGES - 2>();
+      __syncwarp();
+      // Refill the slot every lane finished reading in the previous step.
+      if (j + STAGES - 1 < my_tiles) load(j + STAGES - 1);
+      ptx::cp_async_commit();
+    } else {
+      load(j);
+      __syncwarp();
+    }
+    const T* sk = ring + (j % STAGES) * S::kStageElems;
+    const T* sv = sk + S::kTileElems;
+    const int key0 = tile_key0(j);
+
+    // S = Q K^T for 16 keys: two 8-key column tiles.
+    float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      uint32_t kb[4];
+      ptx::ldmatrix_x4(kb, sk + ((lane >> 4) * 8 + (lane & 7)) * RS + ks * 16 + ((lane >> 3) & 1) * 8);
+      Mma::run(s[0], qf[ks], kb[0], kb[1]);
+      Mma::run(s[1], qf[ks], kb[2], kb[3]);
+    }
+
+    // Scores in log2 units, keys past the end masked.
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + n * 8 + tid * 2 + (e & 1);
+        float x;
+        if (!p.has_logit_mods) {
+          x = s[n][e] * p.scale_log2;
+        } else {
+          float logit = s[n][e] * p.scale;
+          if (p.logits_soft_cap > 0.f)
+            logit = p.logits_soft_cap * tanhf(logit / p.logits_soft_cap);
+          const int row = gid + (e >> 1) * 8;
+          if (p.alibi_slopes != nullptr && row < nh)
+            logit += p.alibi_slopes[hq0 + row] * static_cast<float>(key - (seq_len - 1));
+          x = logit * kLog2e;
+        }
+        s[n][e] = key < key_end ? x : -INFINITY;
+      }
+
+    // Online softmax, rows gid (e = 0, 1) and gid + 8 (e = 2, 3).
+    float mx[2] = {fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])),
+                   fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))};
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m[r], mx[r]);
+      const float base = m_new == -INFINITY ? 0.f : m_new;  // no keys yet: keep 0 * finite
+      alpha[r] = exp2f(m[r] - base);
+      m[r] = m_new;
+      mx[r] = base;
+    }
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = exp2f(s[n][e] - mx[e >> 1]);
+    l[0] = l[0] * alpha[0] + (s[0][0] + s[0][1]) + (s[1][0] + s[1][1]);
+    l[1] = l[1] * alpha[1] + (s[0][2] + s[0][3]) + (s[1][2] + s[1][3]);
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      o[n][0] *= alpha[0];
+      o[n][1] *= alpha[0];
+      o[n][2] *= alpha[1];
+      o[n][3] *= alpha[1];
+    }
+
+    // O += P V: P's accumulator layout is already the A layout of the next mma.
+    // P goes in as hi + lo halves: one rounding of P to bf16 alone costs up to
+    // 2^-9 of relative error, which an output with cancellation magnifies; the
+    // second mma is nearly free in a kernel bound by HBM.
+    uint32_t a_hi[4], a_lo[4];
+    ptx::split_pack<T>(s[0][0], s[0][1], a_hi[0], a_lo[0]);
+    ptx::split_pack<T>(s[0][2], s[0][3], a_hi[1], a_lo[1]);
+    ptx::split_pack<T>(s[1][0], s[1][1], a_hi[2], a_lo[2]);
+    ptx::split_pack<T>(s[1][2], s[1][3], a_hi[3], a_lo[3]);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t vb[4];
+      ptx::ldmatrix_x4_trans(vb, sv + (((lane >> 3) & 1) * 8 + (lane & 7)) * RS + np * 16 + (lane >> 4) * 8);
+      Mma::run(o[2 * np], a_hi, vb[0], vb[1]);
+      Mma::run(o[2 * np], a_lo, vb[0], vb[1]);
+      Mma::run(o[2 * np + 1], a_hi, vb[2], vb[3]);
+      Mma::run(o[2 * np + 1], a_lo, vb[2], vb[3]);
+    }
+    if constexpr (!VEC) __syncwarp();  // the next synchronous load reuses the slot
+  }
+  if constexpr (VEC) ptx::cp_async_wait<0>();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+
+  // Combine the 4 warps in a fixed order through shared memory.
+  __syncthreads();
+  float* sm_m = reinterpret_cast<float*>(smem_raw);
+  float* sm_l = sm_m + kWarpsPerCta * kMaxGroupPerCta;
+  float* sm_o = sm_l + kWarpsPerCta * kMaxGroupPerCta;
+  if (tid == 0) {
+    sm_m[warp * kMaxGroupPerCta + gid] = m[0];
+    sm_m[warp * kMaxGroupPerCta + gid + 8] = m[1];
+    sm_l[warp * kMaxGroupPerCta + gid] = l[0];
+    sm_l[warp * kMaxGroupPerCta + gid + 8] = l[1];
+  }
+  __syncthreads();
+  float f[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = gid + r * 8;
+    float mall = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarpsPerCta; ++w) mall = fmaxf(mall, sm_m[w * kMaxGroupPerCta + row]);
+    f[r] = m[r] == -INFINITY ? 0.f : exp2f(m[r] - mall);
+  }
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int row = gid + (e >> 1) * 8;
+      const int col = n * 8 + tid * 2 + (e & 1);
+      sm_o[(warp * kMaxGroupPerCta + row) * DPAD + col] = o[n][e] * f[e >> 1];
+    }
+  __syncthreads();
+
+  const int64_t row_base = static_cast<int64_t>(b) * p.num_heads;
+  for (int idx = threadIdx.x; idx < nh * DPAD; idx += kThreadsPerCta) {
+    const int row = idx / DPAD, col = idx - row * DPAD;
+    if (col >= p.head_dim) continue;
+    float mall = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarpsPerCta; ++w) mall = fmaxf(mall, sm_m[w * kMaxGroupPerCta + row]);
+    float lsum = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarpsPerCta; ++w) {
+      const float mw = sm_m[w * kMaxGroupPerCta + row];
+      lsum += mw == -INFINITY ? 0.f : sm_l[w * kMaxGroupPerCta + row] * exp2f(mw - mall);
+      acc += sm_o[(w * kMaxGroupPerCta + row) * DPAD + col];
+    }
+    const int h = hq0 + row;
+    if (p.write_partials) {
+      const int64_t prow = (row_base + h) * p.num_splits + split;
+      p.partial_o[prow * DPAD + col] = lsum > 0.f ? acc / lsum : 0.f;
+      if (col == 0) p.partial_lse[prow] = lsum > 0.f ? mall + log2f(lsum) : -INFINITY;
+    } else {
+      float mt = mall, lt = lsum, a = 1.f;
+      if (p.sinks != nullptr) {  // the sink joins the denominator only
+        const float sk = p.sinks[h] * kLog2e;
+        const float mn = fmaxf(mall, sk);
+        a = mall == -INFINITY ? 0.f : exp2f(mall - mn);
+        lt = lsum * a + exp2f(sk - mn);
+        mt = mn;
+      }
+      T* yr = static_cast<T*>(p.y) + b * p.y_stride_b + h * p.y_stride_h;
+      yr[col] = ptx::from_float<T>(lt > 0.f ? acc * a / lt : 0.f);
+      if (col == 0 && p.lse != nullptr)
+        p.lse[b * p.lse_stride_b + h * p.lse_stride_h] =
+            lt > 0.f ? (mt + log2f(lt)) * kLn2 : -INFINITY;
+    }
+  }
+}
+
+}  // namespace fd

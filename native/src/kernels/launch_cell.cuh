@@ -1,0 +1,80 @@
+// Host-side launch of one kernel cell (element type x head_dim bucket): the
+// occupancy query that feeds the split policy, and the split + merge launches
+// with programmatic dependent launch where the GPU has it. Each cell_*.cu file
+// instantiates this for its cell, so cells compile in parallel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "../kernel_params.h"
+#include "../kernel_table.h"
+#include "decode_split.cuh"
+#include "merge.cuh"
+
+namespace fd {
+
+// cp.async ring depth: two tiles in flight per warp while a third is computed.
+constexpr int kStages = 3;
+
+template <typename T, int DPAD, bool VEC>
+constexpr auto split_kernel() {
+  return &decode_split_kernel<T, DPAD, VEC, VEC ? kStages : 1>;
+}
+
+template <typename T, int DPAD, bool VEC>
+constexpr size_t split_smem_bytes() {
+  return SplitSmem<DPAD>::bytes(VEC ? kStages : 1);
+}
+
+template <typename T, int DPAD, bool VEC>
+int prepare_split_kernel(int* ctas_per_sm) {
+  auto kernel = split_kernel<T, DPAD, VEC>();
+  const size_t smem = split_smem_bytes<T, DPAD, VEC>();
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, kernel, kThreadsPerCta, smem);
+}
+
+template <typename T, int DPAD>
+int prepare_cell(bool vec, int* ctas_per_sm) {
+  return vec ? prepare_split_kernel<T, DPAD, true>(ctas_per_sm)
+             : prepare_split_kernel<T, DPAD, false>(ctas_per_sm);
+}
+
+inline void set_pdl(cudaLaunchConfig_t& cfg, cudaLaunchAttribute* attr, bool pdl) {
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+}
+
+template <typename T, int DPAD, bool VEC>
+cudaError_t launch_split(const DecodeParams& p, int head_blocks, bool pdl, cudaStream_t stream) {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_kv_heads),
+                     static_cast<unsigned>(p.num_splits), static_cast<unsigned>(head_blocks));
+  cfg.blockDim = dim3(kThreadsPerCta);
+  cfg.dynamicSmemBytes = split_smem_bytes<T, DPAD, VEC>();
+  cfg.stream = stream;
+  set_pdl(cfg, attr, pdl);
+  return cudaLaunchKernelEx(&cfg, split_kernel<T, DPAD, VEC>(), p);
+}
+
+template <typename T, int DPAD>
+int launch_cell(const DecodeParams& p, int head_blocks, bool vec, bool pdl, void* stream_ptr) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  cudaError_t e = vec ? launch_split<T, DPAD, true>(p, head_blocks, pdl, stream)
+                      : launch_split<T, DPAD, false>(p, head_blocks, pdl, stream);
+  if (e != cudaSuccess || !p.write_partials) return e;
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_heads));
+  cfg.blockDim = dim3(DPAD);
+  cfg.stream = stream;
+  set_pdl(cfg, attr, pdl);
+  return cudaLaunchKernelEx(&cfg, &decode_merge_kernel<T, DPAD>, p);
+}
+
+}  // namespace fd

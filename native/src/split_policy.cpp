@@ -1,0 +1,89 @@
+#include "split_policy.h"
+
+#include <algorithm>
+
+namespace fd {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// Merged splits always go through the workspace in batch-invariant mode, so a
+// sequence takes the same arithmetic path whatever the batch's longest length.
+bool needs_merge(const Problem& p, int num_splits) {
+  return num_splits > 1 || (batch_invariant(p) && p.k_len > 0);
+}
+
+}  // namespace
+
+int head_dim_bucket(int head_dim) {
+  if (head_dim < 1) return 0;
+  if (head_dim <= 64) return 64;
+  if (head_dim <= 80) return 80;
+  if (head_dim <= 96) return 96;
+  if (head_dim <= 128) return 128;
+  return 0;
+}
+
+int max_splits(const Problem& p) {
+  if (p.k_len <= 0) return 1;
+  if (batch_invariant(p)) return static_cast<int>(ceil_div(p.k_len, kInvariantChunk));
+  const int64_t units =
+      static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
+  int64_t s = std::min<int64_t>(kMaxSplits, ceil_div(p.k_len, kMinChunk));
+  s = std::min<int64_t>(s, std::max<int64_t>(1, ceil_div(kMaxSplitCtas, units)));
+  return static_cast<int>(std::max<int64_t>(s, 1));
+}
+
+SplitChoice choose_splits(const Problem& p, int64_t resident_ctas) {
+  SplitChoice best;
+  if (p.k_len <= 0) return best;
+  if (batch_invariant(p)) {
+    best.chunk_len = kInvariantChunk;
+    best.num_splits = static_cast<int>(ceil_div(p.k_len, kInvariantChunk));
+    return best;
+  }
+  const int64_t units =
+      static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
+  const int64_t resident = std::max<int64_t>(resident_ctas, 1);
+  // Cost in "keys one CTA streams": each wave of CTAs costs its chunk plus a
+  // fixed start-up (first loads in flight), a merge costs a short extra pass.
+  // Constants were read off H100 timings (docs/RESULTS.md); they only steer the
+  // choice, never the result's correctness.
+  constexpr int64_t kStartupKeys = 32;
+  constexpr int64_t kMergeKeys = 48;
+  const int smax = max_splits(p);
+  double best_cost = 0.0;
+  int last_s = 0;
+  for (int s = 1; s <= smax; ++s) {
+    const int64_t chunk = round_up(ceil_div(p.k_len, s), kMinChunk);
+    const int s_eff = static_cast<int>(ceil_div(p.k_len, chunk));
+    if (s_eff == last_s) continue;
+    last_s = s_eff;
+    const int64_t waves = ceil_div(units * s_eff, resident);
+    const double cost = static_cast<double>(waves) * static_cast<double>(chunk + kStartupKeys) +
+                        (s_eff > 1 ? static_cast<double>(kMergeKeys) : 0.0);
+    if (best.chunk_len == 0 || cost < best_cost) {
+      best_cost = cost;
+      best.num_splits = s_eff;
+      best.chunk_len = static_cast<int>(chunk);
+    }
+  }
+  return best;
+}
+
+WorkspaceLayout workspace_layout(const Problem& p, int num_splits) {
+  WorkspaceLayout w;
+  if (!needs_merge(p, num_splits)) return w;
+  const size_t rows = static_cast<size_t>(p.batch_size) * static_cast<size_t>(p.num_heads) *
+                      static_cast<size_t>(num_splits);
+  const size_t d = static_cast<size_t>(head_dim_bucket(p.head_dim));
+  auto align = [](size_t x) { return (x + 255) / 256 * 256; };
+  w.partial_o_offset = 0;
+  w.partial_lse_offset = align(rows * d * sizeof(float));
+  w.bytes = w.partial_lse_offset + align(rows * sizeof(float));
+  return w;
+}
+
+}  // namespace fd

@@ -1,0 +1,59 @@
+// How the K axis is cut: the CTA shape constants of the decode kernels, the
+// largest split count any GPU may pick (this sizes the workspace, so it must not
+// depend on the device), and the per-device choice made at run time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "problem.h"
+
+namespace fd {
+
+constexpr int kWarpsPerCta = 4;
+constexpr int kThreadsPerCta = kWarpsPerCta * 32;
+constexpr int kTileKeys = 16;                       // keys one warp takes per step
+constexpr int kMinChunk = kTileKeys * kWarpsPerCta;  // a split gives every warp a tile
+constexpr int kMaxGroupPerCta = 16;                 // query rows of one mma tile
+constexpr int kInvariantChunk = 512;                // fixed chunk of batch-invariant mode
+constexpr int kMaxSplits = 256;
+// No GPU needs more CTAs than this to fill itself; bounding splits by it keeps
+// the workspace small for large batches and device independent.
+constexpr int64_t kMaxSplitCtas = 4096;
+
+// Smallest compiled head_dim bucket that holds head_dim (0 if none).
+int head_dim_bucket(int head_dim);
+
+inline int head_blocks(const Problem& p) {
+  const int g = p.num_heads / p.num_kv_heads;
+  return (g + kMaxGroupPerCta - 1) / kMaxGroupPerCta;
+}
+
+inline bool batch_invariant(const Problem& p) {
+  return (p.flags & FD_FLAG_BATCH_INVARIANT) != 0;
+}
+
+// Upper bound of num_splits over every GPU. 1 means the single-kernel path only.
+int max_splits(const Problem& p);
+
+struct SplitChoice {
+  int num_splits = 1;  // 1: the split kernel writes y itself
+  int chunk_len = 0;   // keys per split, a multiple of kMinChunk
+};
+
+// The split for a GPU holding `resident_ctas` decode CTAs at once.
+SplitChoice choose_splits(const Problem& p, int64_t resident_ctas);
+
+// Layout of the workspace: per (b, h, split) an f32 row of bucket(D) partial
+// outputs, then per (b, h, split) one f32 log2-sum-exp.
+struct WorkspaceLayout {
+  size_t partial_o_offset = 0;
+  size_t partial_lse_offset = 0;
+  size_t bytes = 0;
+};
+
+// Layout for `num_splits` splits (bytes == 0 when num_splits == 1 and the mode
+// needs no merge).
+WorkspaceLayout workspace_layout(const Problem& p, int num_splits);
+
+}  // namespace fd

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine and runs every test: builds and installs the package
+# (which builds libflashdecoding.so through CMake) into .venv, runs the C tests
+# (ctest) and the Python tests (pytest). GPU tests run when a GPU is present and
+# skip with a reason otherwise.
+#
+# Environment:
+#   PYTHON                  interpreter for the venv (default: python3)
+#   FD_CUDA_ARCHITECTURES   e.g. 90a: passed as CMAKE_CUDA_ARCHITECTURES (default: the
+#                           project's list, the one users get)
+#   FD_VENV                 venv directory (default: .venv)
+# Arguments are passed to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${FD_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
+
+say() { printf '== %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  # System packages stay visible (torch/cupy on the GPU machine, which has no registry).
+  "$PY" -m venv --system-site-packages "$VENV"
+fi
+VPY="$VENV/bin/python"
+
+# Installs only what is missing, so an offline machine with the packages works.
+need() {  # need <import name> <pip requirement> [optional]
+  if "$VPY" -c "import $1" >/dev/null 2>&1; then return 0; fi
+  say "installing $2"
+  # few retries and a short timeout: an offline machine falls through quickly
+  if ! "$VPY" -m pip install --quiet --retries 1 --timeout 15 "$2"; then
+    if [ "${3:-}" = optional ]; then say "could not install $2 (optional, continuing)"; return 1; fi
+    echo "error: cannot install $2" >&2; exit 1
+  fi
+}
+need numpy "numpy>=1.22"
+need ml_dtypes "ml_dtypes>=0.2"
+need pytest "pytest>=7"
+need hypothesis "hypothesis>=6"
+need cuda.bindings "cuda-python>=12.0" optional || true
+HAVE_SKBUILD=1
+need scikit_build_core "scikit-build-core>=0.10" optional || HAVE_SKBUILD=0
+
+CMAKE_ARGS=(-DFD_BUILD_TESTS=ON)
+if [ -n "${FD_CUDA_ARCHITECTURES:-}" ]; then
+  CMAKE_ARGS+=(-DCMAKE_CUDA_ARCHITECTURES="$FD_CUDA_ARCHITECTURES")
+fi
+
+BUILD_DIR=build/wheel
+if [ "$HAVE_SKBUILD" = 1 ]; then
+  say "pip install . (scikit-build-core, build dir $BUILD_DIR)"
+  PIP_ARGS=(--no-build-isolation --no-deps --quiet
+            -C build-dir="$BUILD_DIR" -C cmake.define.FD_BUILD_TESTS=ON)
+  if [ -n "${FD_CUDA_ARCHITECTURES:-}" ]; then
+    PIP_ARGS+=(-C cmake.define.CMAKE_CUDA_ARCHITECTURES="$FD_CUDA_ARCHITECTURES")
+  fi
+  "$VPY" -m pip install "${PIP_ARGS[@]}" .
+  # The installed package, not the source tree, is what pytest imports.
+  unset FLASHDECODING_LIBRARY || true
+  PYPATH=""
+else
+  say "scikit-build-core unavailable: plain CMake build in $BUILD_DIR, tests from the source tree"
+  cmake -S . -B "$BUILD_DIR" "${CMAKE_ARGS[@]}"
+  cmake --build "$BUILD_DIR" --parallel "$CMAKE_BUILD_PARALLEL_LEVEL"
+  export FLASHDECODING_LIBRARY="$ROOT/$BUILD_DIR/libflashdecoding.so"
+  PYPATH="$ROOT/python"
+fi
+
+if [ -f "$BUILD_DIR/CTestTestfile.cmake" ]; then
+  say "C tests (ctest)"
+  ctest --test-dir "$BUILD_DIR" --output-on-failure
+fi
+
+say "Python tests (pytest)"
+cd "$ROOT"
+PYTHONPATH="$PYPATH" "$VPY" -m pytest -q -rs tests/python "$@"
