@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 
 #include "kernel_params.h"
@@ -79,6 +80,16 @@ bool can_vectorise(const Problem& p) {
          p.v_stride_h % 8 == 0 && p.v_stride_k % 8 == 0;
 }
 
+// Tuning knob for measurements only (scripts/tune.sh): FD_TUNE_SPLITS=n forces
+// n splits (clamped to what the workspace holds). Read once per process.
+int forced_splits() {
+  static const int n = [] {
+    const char* s = std::getenv("FD_TUNE_SPLITS");
+    return s != nullptr ? std::atoi(s) : 0;
+  }();
+  return n;
+}
+
 struct Prepared {
   int cell = -1;
   bool vec = false;
@@ -101,6 +112,12 @@ int prepare(const Problem& p, Prepared* out, bool full) {
                     &out->ctas_per_sm);
   if (st != FD_STATUS_SUCCESS) return st;
   out->split = choose_splits(p, static_cast<int64_t>(out->num_sms) * out->ctas_per_sm);
+  if (forced_splits() > 0 && p.k_len > 0 && !batch_invariant(p)) {
+    const int s = forced_splits() < max_splits(p) ? forced_splits() : max_splits(p);
+    const int chunk = (p.k_len + s - 1) / s;
+    out->split.chunk_len = (chunk + kMinChunk - 1) / kMinChunk * kMinChunk;
+    out->split.num_splits = (p.k_len + out->split.chunk_len - 1) / out->split.chunk_len;
+  }
   return FD_STATUS_SUCCESS;
 }
 

@@ -10,7 +10,10 @@
 
 namespace fd {
 
-constexpr int kWarpsPerCta = 4;
+#ifndef FD_WARPS_PER_CTA
+#define FD_WARPS_PER_CTA 4
+#endif
+constexpr int kWarpsPerCta = FD_WARPS_PER_CTA;
 constexpr int kThreadsPerCta = kWarpsPerCta * 32;
 constexpr int kTileKeys = 16;                       // keys one warp takes per step
 constexpr int kMinChunk = kTileKeys * kWarpsPerCta;  // a split gives every warp a tile

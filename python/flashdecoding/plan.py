@@ -192,8 +192,15 @@ class FlashDecodingPlan:
 
     def launch_plan(self) -> dict:
         """How the library would launch this on the current device (needs a GPU):
-        cell_index, num_splits, chunk_len, heads_per_cta, num_sms, device_cc."""
+        cell_index, num_splits, chunk_len, heads_per_cta, num_sms, device_cc.
+        Planned for contiguous q/y [B, H_q, D] and k/v [B, H_kv, K, D]."""
         p = self._problem_params(self.desc, self.pref)
+        b, h, hkv, k_len, d = self.desc.c_args()
+        p.q_stride_b = p.y_stride_b = h * d
+        p.q_stride_h = p.y_stride_h = d
+        p.k_stride_b = p.v_stride_b = hkv * k_len * d
+        p.k_stride_h = p.v_stride_h = k_len * d
+        p.k_stride_k = p.v_stride_k = d
         out = _capi.FdLaunchPlan()
         _native.check(_native.lib().fd_decode_plan(ctypes.byref(p), ctypes.byref(out)))
         return {name: getattr(out, name) for name, _ in _capi.FdLaunchPlan._fields_}

@@ -99,8 +99,10 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   const int hq0 = kvh * p.group_size + blockIdx.z * kMaxGroupPerCta;
   const int nh = min(kMaxGroupPerCta, p.group_size - static_cast<int>(blockIdx.z) * kMaxGroupPerCta);
 
-  // Inputs may be produced by the previous kernel in the stream (PDL).
+  // Inputs may be produced by the previous kernel in the stream (PDL); the
+  // merge may be scheduled as soon as every CTA of this grid is running.
   ptx::grid_dependency_wait();
+  ptx::launch_dependents();
 
   int seq_len = p.k_len;
   if (p.seq_lens != nullptr) seq_len = min(max(p.seq_lens[b], 0), p.k_len);

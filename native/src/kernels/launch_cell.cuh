@@ -13,8 +13,11 @@
 
 namespace fd {
 
-// cp.async ring depth: two tiles in flight per warp while a third is computed.
-constexpr int kStages = 3;
+// cp.async ring depth: STAGES-1 tiles in flight per warp while one is computed.
+#ifndef FD_STAGES
+#define FD_STAGES 3
+#endif
+constexpr int kStages = FD_STAGES;
 
 template <typename T, int DPAD, bool VEC>
 constexpr auto split_kernel() {
@@ -71,7 +74,7 @@ int launch_cell(const DecodeParams& p, int head_blocks, bool vec, bool pdl, void
   cudaLaunchConfig_t cfg = {};
   cudaLaunchAttribute attr[1];
   cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_heads));
-  cfg.blockDim = dim3(DPAD);
+  cfg.blockDim = dim3(kMergeThreads);
   cfg.stream = stream;
   set_pdl(cfg, attr, pdl);
   return cudaLaunchKernelEx(&cfg, &decode_merge_kernel<T, DPAD>, p);

@@ -100,6 +100,14 @@ __device__ __forceinline__ void grid_dependency_wait() {
 #endif
 }
 
+// Lets the grid that depends on this one (launched with PDL) be scheduled now;
+// it still waits in grid_dependency_wait() until this grid has finished.
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 

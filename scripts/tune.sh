@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Kernel tuning sweep on the GPU machine (measurement only; the library's
+# defaults come from what this shows, recorded in docs/RESULTS.md):
+#   - build variants of the CTA shape (FD_WARPS_PER_CTA, FD_STAGES),
+#   - time flashdecoding alone on the PERF.md grid for each,
+#   - sweep the split count (FD_TUNE_SPLITS) on the default build.
+#   usage: scripts/tune.sh [variants...]   e.g. "w4s3 w4s4 w8s2"
+set -uo pipefail
+out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
+root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$root/python${PYTHONPATH:+:$PYTHONPATH}
+variants=${*:-"w4s3 w4s2 w4s4 w8s2 w8s3"}
+for v in $variants; do
+  w=${v#w}; w=${w%s*}; s=${v#*s}
+  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s"
+  cmake -S . -B "build-$v" -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a \
+    "-DCMAKE_CUDA_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" > "$out/build-$v.log" 2>&1 \
+    && cmake --build "build-$v" -j16 >> "$out/build-$v.log" 2>&1 || { echo "build $v failed"; tail "$out/build-$v.log"; continue; }
+  FLASHDECODING_LIBRARY=$root/build-$v/libflashdecoding.so python3 -m flashdecoding.bench \
+    --methods flashdecoding --quick --no-progress --json "$out/tune-$v.json" ${TUNE_BENCH_ARGS:-} \
+    > "$out/tune-$v.log" 2>&1 || echo "bench $v rc=$?"
+done
+first=${variants%% *}
+for s in ${TUNE_SPLITS:-1 2 4 8 16 32 64 128}; do
+  FD_TUNE_SPLITS=$s FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
+    --methods flashdecoding --quick --no-progress --json "$out/split-$s.json" \
+    > "$out/split-$s.log" 2>&1 || echo "split $s rc=$?"
+done
+python3 - "$out" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+def load(p):
+    d = json.load(open(p))
+    return {r["label"]: r["results"].get("flashdecoding", {}) for r in d["rows"]}, d
+rows = None
+table = []
+for p in sorted(glob.glob(os.path.join(out, "tune-*.json"))) + sorted(
+        glob.glob(os.path.join(out, "split-*.json")), key=lambda p: int(p.split("-")[-1][:-5])):
+    res, d = load(p)
+    rows = rows or list(res)
+    name = os.path.basename(p)[:-5]
+    table.append((name, [res[r].get("us") for r in rows], [res[r].get("status") for r in rows]))
+print("us per call (flashdecoding only; quick); ceiling read GB/s as measured in each run")
+print("%-12s" % "variant" + "".join("%9s" % (i + 1) for i in range(len(rows or []))))
+for name, us, stt in table:
+    print("%-12s" % name + "".join("%9.2f" % u if u else "%9s" % (s or "-") for u, s in zip(us, stt)))
+for i, r in enumerate(rows or []):
+    print(f"  {i + 1}: {r}")
+PY
