@@ -4,15 +4,17 @@
 #   - build variants of the CTA shape (FD_WARPS_PER_CTA, FD_STAGES),
 #   - time flashdecoding alone on the PERF.md grid for each,
 #   - sweep the split count (FD_TUNE_SPLITS) on the default build.
-#   usage: scripts/tune.sh [variants...]   e.g. "w4s3 w4s4 w8s2"
+#   usage: scripts/tune.sh [variants...]   e.g. "w4s3 w4s4 w8s2p256"
+#   (w: warps per CTA, s: cp.async stages, p: L2 prefetch hint bytes)
 set -uo pipefail
 out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$root/python${PYTHONPATH:+:$PYTHONPATH}
 variants=${*:-"w4s3 w4s2 w4s4 w8s2 w8s3"}
 for v in $variants; do
-  w=${v#w}; w=${w%s*}; s=${v#*s}
-  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s"
+  w=${v#w}; w=${w%%s*}; s=${v#*s}; s=${s%%p*}; pf=0
+  case $v in *p*) pf=${v##*p};; esac
+  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_L2_PREFETCH=$pf"
   cmake -S . -B "build-$v" -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a \
     "-DCMAKE_CUDA_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" > "$out/build-$v.log" 2>&1 \
     && cmake --build "build-$v" -j16 >> "$out/build-$v.log" 2>&1 || { echo "build $v failed"; tail "$out/build-$v.log"; continue; }
@@ -21,7 +23,9 @@ for v in $variants; do
     > "$out/tune-$v.log" 2>&1 || echo "bench $v rc=$?"
 done
 first=${variants%% *}
-for s in ${TUNE_SPLITS:-1 2 4 8 16 32 64 128}; do
+FD_TUNE_NO_CLUSTER=1 FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
+  --methods flashdecoding --quick --no-progress --json "$out/tune-nocluster.json" > "$out/tune-nocluster.log" 2>&1
+for s in ${TUNE_SPLITS:-1 2 4 8 16}; do
   FD_TUNE_SPLITS=$s FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
     --methods flashdecoding --quick --no-progress --json "$out/split-$s.json" \
     > "$out/split-$s.log" 2>&1 || echo "split $s rc=$?"

@@ -27,6 +27,9 @@ struct DecodeParams {
   // num_splits > 1 or merge_always: partials go to the workspace and the merge
   // kernel writes y; else the split kernel writes y itself.
   int32_t write_partials;
+  // The num_splits CTAs of a unit form one cluster and reduce through
+  // distributed shared memory (sm_90+); no workspace, no merge kernel.
+  int32_t cluster_reduce;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
 

@@ -17,12 +17,16 @@ namespace {
 constexpr int kMaxDevices = 64;
 constexpr int kMaxCells = 16;
 
+struct KernelFacts {
+  int ctas_per_sm = 0;  // 0 = not asked yet
+  int max_cluster = 1;
+};
+
 struct DeviceFacts {
   bool known = false;
   int num_sms = 0;
   int cc = 0;  // major * 10 + minor
-  // CTAs per SM of each cell's split kernel, [cell][vec]; 0 = not asked yet.
-  int ctas_per_sm[kMaxCells][2] = {};
+  KernelFacts kernel[kMaxCells][2];  // [cell][vec]
 };
 
 std::mutex g_facts_mutex;
@@ -33,8 +37,13 @@ int cuda_fail(cudaError_t e, const char* what) {
               cudaGetErrorString(e), cudaGetErrorName(e), static_cast<int>(e));
 }
 
-// Device facts for the current device and the resident CTAs of one cell.
-int device_facts(int cell, bool vec, int* device, int* num_sms, int* cc, int* ctas_per_sm) {
+struct Facts {
+  int device = 0, num_sms = 0, cc = 0;
+  KernelFacts kernel;
+};
+
+// Device facts for the current device and one cell's split kernel on it.
+int device_facts(int cell, bool vec, Facts* out) {
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return cuda_fail(e, "cudaGetDevice (is there a CUDA GPU and driver?)");
@@ -53,22 +62,23 @@ int device_facts(int cell, bool vec, int* device, int* num_sms, int* cc, int* ct
     f.cc = major * 10 + minor;
     f.known = true;
   }
-  int& ctas = f.ctas_per_sm[cell][vec ? 1 : 0];
-  if (ctas == 0) {
-    int n = 0;
-    const int ce = kernel_cell(cell).prepare(vec, &n);
+  KernelFacts& k = f.kernel[cell][vec ? 1 : 0];
+  if (k.ctas_per_sm == 0) {
+    int n = 0, cluster = 1;
+    const int ce = kernel_cell(cell).prepare(vec, f.cc, &n, &cluster);
     if (ce != cudaSuccess)
       return cuda_fail(static_cast<cudaError_t>(ce),
                        "preparing the decode kernel (is this GPU one of fd_compiled_architectures()?)");
     if (n <= 0)
       return fail(FD_STATUS_UNSUPPORTED, "the decode kernel %s cannot run on device %d",
                   kernel_cell(cell).name, dev);
-    ctas = n;
+    k.max_cluster = cluster;
+    k.ctas_per_sm = n;
   }
-  *device = dev;
-  *num_sms = f.num_sms;
-  *cc = f.cc;
-  *ctas_per_sm = ctas;
+  out->device = dev;
+  out->num_sms = f.num_sms;
+  out->cc = f.cc;
+  out->kernel = k;
   return FD_STATUS_SUCCESS;
 }
 
@@ -80,8 +90,9 @@ bool can_vectorise(const Problem& p) {
          p.v_stride_h % 8 == 0 && p.v_stride_k % 8 == 0;
 }
 
-// Tuning knob for measurements only (scripts/tune.sh): FD_TUNE_SPLITS=n forces
-// n splits (clamped to what the workspace holds). Read once per process.
+// Tuning knobs for measurements only (scripts/tune.sh), read once per process:
+// FD_TUNE_SPLITS=n forces n splits (clamped to what the workspace holds);
+// FD_TUNE_NO_CLUSTER=1 merges through the workspace instead of a cluster.
 int forced_splits() {
   static const int n = [] {
     const char* s = std::getenv("FD_TUNE_SPLITS");
@@ -90,11 +101,17 @@ int forced_splits() {
   return n;
 }
 
+bool clusters_disabled() {
+  static const bool off = std::getenv("FD_TUNE_NO_CLUSTER") != nullptr;
+  return off;
+}
+
 struct Prepared {
   int cell = -1;
   bool vec = false;
-  int device = 0, num_sms = 0, cc = 0, ctas_per_sm = 0;
+  Facts facts;
   SplitChoice split;
+  bool cluster_reduce = false;
 };
 
 // full: every rule of a run (pointers and workspace too); else the problem and
@@ -108,16 +125,20 @@ int prepare(const Problem& p, Prepared* out, bool full) {
     return fail(FD_STATUS_UNSUPPORTED, "no kernel cell serves dtype %d with head_dim = %d",
                 p.dtype, p.head_dim);
   out->vec = can_vectorise(p);
-  st = device_facts(out->cell, out->vec, &out->device, &out->num_sms, &out->cc,
-                    &out->ctas_per_sm);
+  st = device_facts(out->cell, out->vec, &out->facts);
   if (st != FD_STATUS_SUCCESS) return st;
-  out->split = choose_splits(p, static_cast<int64_t>(out->num_sms) * out->ctas_per_sm);
+  out->split = choose_splits(p, out->facts.num_sms);
   if (forced_splits() > 0 && p.k_len > 0 && !batch_invariant(p)) {
     const int s = forced_splits() < max_splits(p) ? forced_splits() : max_splits(p);
     const int chunk = (p.k_len + s - 1) / s;
     out->split.chunk_len = (chunk + kMinChunk - 1) / kMinChunk * kMinChunk;
     out->split.num_splits = (p.k_len + out->split.chunk_len - 1) / out->split.chunk_len;
   }
+  // A split small enough for one thread block cluster reduces on chip: no
+  // merge launch, no workspace traffic. Batch-invariant mode keeps the merge.
+  out->cluster_reduce = !batch_invariant(p) && out->split.num_splits > 1 &&
+                        out->split.num_splits <= out->facts.kernel.max_cluster &&
+                        !clusters_disabled();
   return FD_STATUS_SUCCESS;
 }
 
@@ -133,8 +154,10 @@ int plan_problem(const Problem& p, fd_launch_plan* plan) {
   plan->heads_per_cta = p.num_heads / p.num_kv_heads < kMaxGroupPerCta
                             ? p.num_heads / p.num_kv_heads
                             : kMaxGroupPerCta;
-  plan->num_sms = pr.num_sms;
-  plan->device_cc = pr.cc;
+  plan->cluster_size = pr.cluster_reduce ? pr.split.num_splits : 1;
+  plan->merge_kernel = (pr.split.num_splits > 1 || batch_invariant(p)) && !pr.cluster_reduce;
+  plan->num_sms = pr.facts.num_sms;
+  plan->device_cc = pr.facts.cc;
   return FD_STATUS_SUCCESS;
 }
 
@@ -169,7 +192,8 @@ int run_problem(const Problem& p) {
   d.num_splits = pr.split.num_splits;
   d.chunk_len = pr.split.chunk_len;
   const WorkspaceLayout w = workspace_layout(p, pr.split.num_splits);
-  d.write_partials = w.bytes > 0 ? 1 : 0;
+  d.cluster_reduce = pr.cluster_reduce ? 1 : 0;
+  d.write_partials = (w.bytes > 0 && !pr.cluster_reduce) ? 1 : 0;
   if (d.write_partials) {
     unsigned char* ws = static_cast<unsigned char*>(p.workspace);
     d.partial_o = reinterpret_cast<float*>(ws + w.partial_o_offset);
@@ -185,7 +209,7 @@ int run_problem(const Problem& p) {
   d.logits_soft_cap = p.logits_soft_cap;
   d.has_logit_mods = (p.logits_soft_cap > 0.f || p.alibi_slopes != nullptr) ? 1 : 0;
 
-  const bool pdl = pr.cc >= 90;
+  const bool pdl = pr.facts.cc >= 90;
   const int e = kernel_cell(pr.cell).launch(d, head_blocks(p), pr.vec, pdl, p.stream);
   if (e != cudaSuccess) return cuda_fail(static_cast<cudaError_t>(e), "launching the decode kernels");
   clear_error();

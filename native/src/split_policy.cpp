@@ -31,12 +31,12 @@ int max_splits(const Problem& p) {
   if (batch_invariant(p)) return static_cast<int>(ceil_div(p.k_len, kInvariantChunk));
   const int64_t units =
       static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
-  int64_t s = std::min<int64_t>(kMaxSplits, ceil_div(p.k_len, kMinChunk));
+  int64_t s = std::min<int64_t>(kPolicyMaxSplits, ceil_div(p.k_len, kMinChunk));
   s = std::min<int64_t>(s, std::max<int64_t>(1, ceil_div(kMaxSplitCtas, units)));
   return static_cast<int>(std::max<int64_t>(s, 1));
 }
 
-SplitChoice choose_splits(const Problem& p, int64_t resident_ctas) {
+SplitChoice choose_splits(const Problem& p, int num_sms) {
   SplitChoice best;
   if (p.k_len <= 0) return best;
   if (batch_invariant(p)) {
@@ -44,32 +44,18 @@ SplitChoice choose_splits(const Problem& p, int64_t resident_ctas) {
     best.num_splits = static_cast<int>(ceil_div(p.k_len, kInvariantChunk));
     return best;
   }
+  // Measured on H100 (docs/RESULTS.md, scripts/tune.sh): HBM streams best with
+  // about one long-running CTA per SM. So: no split once the units alone fill
+  // ~90% of the SMs, else enough splits for one CTA per SM, at most 16.
   const int64_t units =
       static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
-  const int64_t resident = std::max<int64_t>(resident_ctas, 1);
-  // Cost in "keys one CTA streams": each wave of CTAs costs its chunk plus a
-  // fixed start-up (first loads in flight), a merge costs a short extra pass.
-  // Constants were read off H100 timings (docs/RESULTS.md); they only steer the
-  // choice, never the result's correctness.
-  constexpr int64_t kStartupKeys = 32;
-  constexpr int64_t kMergeKeys = 48;
-  const int smax = max_splits(p);
-  double best_cost = 0.0;
-  int last_s = 0;
-  for (int s = 1; s <= smax; ++s) {
-    const int64_t chunk = round_up(ceil_div(p.k_len, s), kMinChunk);
-    const int s_eff = static_cast<int>(ceil_div(p.k_len, chunk));
-    if (s_eff == last_s) continue;
-    last_s = s_eff;
-    const int64_t waves = ceil_div(units * s_eff, resident);
-    const double cost = static_cast<double>(waves) * static_cast<double>(chunk + kStartupKeys) +
-                        (s_eff > 1 ? static_cast<double>(kMergeKeys) : 0.0);
-    if (best.chunk_len == 0 || cost < best_cost) {
-      best_cost = cost;
-      best.num_splits = s_eff;
-      best.chunk_len = static_cast<int>(chunk);
-    }
-  }
+  const int64_t sms = std::max(num_sms, 1);
+  int64_t s = 1;
+  if (units * 10 < sms * 9) s = std::min<int64_t>(ceil_div(sms, units), kPolicyMaxSplits);
+  s = std::min<int64_t>(s, max_splits(p));
+  const int64_t chunk = round_up(ceil_div(p.k_len, s), kMinChunk);
+  best.chunk_len = static_cast<int>(chunk);
+  best.num_splits = static_cast<int>(ceil_div(p.k_len, chunk));
   return best;
 }
 

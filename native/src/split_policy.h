@@ -19,10 +19,12 @@ constexpr int kTileKeys = 16;                       // keys one warp takes per s
 constexpr int kMinChunk = kTileKeys * kWarpsPerCta;  // a split gives every warp a tile
 constexpr int kMaxGroupPerCta = 16;                 // query rows of one mma tile
 constexpr int kInvariantChunk = 512;                // fixed chunk of batch-invariant mode
-constexpr int kMaxSplits = 256;
-// No GPU needs more CTAs than this to fill itself; bounding splits by it keeps
-// the workspace small for large batches and device independent.
-constexpr int64_t kMaxSplitCtas = 4096;
+// Most splits the run-time policy picks (beyond: no gain measured, and the
+// cluster path holds at most this many CTAs).
+constexpr int kPolicyMaxSplits = 16;
+// The policy aims at one CTA per SM; bounding splits by a GPU of this many SMs
+// keeps the workspace small for large batches and device independent.
+constexpr int64_t kMaxSplitCtas = 1024;
 
 // Smallest compiled head_dim bucket that holds head_dim (0 if none).
 int head_dim_bucket(int head_dim);
@@ -44,8 +46,9 @@ struct SplitChoice {
   int chunk_len = 0;   // keys per split, a multiple of kMinChunk
 };
 
-// The split for a GPU holding `resident_ctas` decode CTAs at once.
-SplitChoice choose_splits(const Problem& p, int64_t resident_ctas);
+
+// The split for a GPU with `num_sms` multiprocessors.
+SplitChoice choose_splits(const Problem& p, int num_sms);
 
 // Layout of the workspace: per (b, h, split) an f32 row of bucket(D) partial
 // outputs, then per (b, h, split) one f32 log2-sum-exp.

@@ -90,7 +90,8 @@ class FdKernelCell(Structure):
 
 class FdLaunchPlan(Structure):
     """typedef struct fd_launch_plan { int32_t cell_index; int32_t num_splits;
-    int32_t chunk_len; int32_t heads_per_cta; int32_t num_sms; int32_t device_cc; }"""
+    int32_t chunk_len; int32_t heads_per_cta; int32_t num_sms; int32_t device_cc;
+    int32_t cluster_size; int32_t merge_kernel; }"""
 
     _fields_ = [
         ("cell_index", c_int32),
@@ -99,6 +100,8 @@ class FdLaunchPlan(Structure):
         ("heads_per_cta", c_int32),
         ("num_sms", c_int32),
         ("device_cc", c_int32),
+        ("cluster_size", c_int32),
+        ("merge_kernel", c_int32),
     ]
 
 

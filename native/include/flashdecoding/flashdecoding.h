@@ -255,6 +255,8 @@ typedef struct fd_launch_plan {
   int32_t heads_per_cta;
   int32_t num_sms;
   int32_t device_cc;       /* major*10 + minor */
+  int32_t cluster_size;    /* >1: the splits reduce on chip in one thread block cluster */
+  int32_t merge_kernel;    /* 1: partials go through the workspace to a merge kernel */
 } fd_launch_plan;
 
 FD_API int fd_decode_plan(const fd_decode_params* params, fd_launch_plan* plan);

@@ -6,6 +6,7 @@
 // states are combined in a fixed order at the end, so results are bit-stable.
 #pragma once
 
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -24,10 +25,12 @@ struct SplitSmem {
   static constexpr int kRowStride = DPAD + 8;  // 16-byte pad: ldmatrix rows hit distinct banks
   static constexpr int kTileElems = kTileKeys * kRowStride;
   static constexpr int kStageElems = 2 * kTileElems;  // K tile then V tile
-  // Epilogue reuses the ring: per warp and row its max, sum and DPAD outputs.
-  static constexpr size_t kEpilogueBytes =
-      sizeof(float) * (2 * kWarpsPerCta * kMaxGroupPerCta +
-                       kWarpsPerCta * kMaxGroupPerCta * DPAD);
+  // Epilogue reuses the ring: per warp and row its max, sum and DPAD outputs,
+  // then the CTA's combined state that the other CTAs of a cluster read.
+  static constexpr size_t kWarpStateFloats =
+      2 * kWarpsPerCta * kMaxGroupPerCta + kWarpsPerCta * kMaxGroupPerCta * DPAD;
+  static constexpr size_t kCtaStateFloats = 2 * kMaxGroupPerCta + kMaxGroupPerCta * DPAD;
+  static constexpr size_t kEpilogueBytes = sizeof(float) * (kWarpStateFloats + kCtaStateFloats);
   static constexpr size_t bytes(int stages) {
     const size_t ring = size_t{2} * kWarpsPerCta * stages * kStageElems;
     return ring > kEpilogueBytes ? ring : kEpilogueBytes;
@@ -67,6 +70,25 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const
       sv[row * RS + c] = ok ? vbase[key * v_stride + c] : zero;
     }
   }
+}
+
+// Final softmax normalisation of one output element from its (max, sum,
+// unnormalised sum) in log2 units; adds the sink and writes y (and lse).
+template <typename T>
+__device__ __forceinline__ void write_output(const DecodeParams& p, int b, int h, int col,
+                                             float mall, float lsum, float acc) {
+  float mt = mall, lt = lsum, a = 1.f;
+  if (p.sinks != nullptr) {  // the sink joins the denominator only
+    const float sk = p.sinks[h] * kLog2e;
+    const float mn = fmaxf(mall, sk);
+    a = mall == -INFINITY ? 0.f : exp2f(mall - mn);
+    lt = lsum * a + exp2f(sk - mn);
+    mt = mn;
+  }
+  T* yr = static_cast<T*>(p.y) + b * p.y_stride_b + h * p.y_stride_h;
+  yr[col] = ptx::from_float<T>(lt > 0.f ? acc * a / lt : 0.f);
+  if (col == 0 && p.lse != nullptr)
+    p.lse[b * p.lse_stride_b + h * p.lse_stride_h] = lt > 0.f ? (mt + log2f(lt)) * kLn2 : -INFINITY;
 }
 
 template <typename T>
@@ -263,6 +285,9 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   float* sm_m = reinterpret_cast<float*>(smem_raw);
   float* sm_l = sm_m + kWarpsPerCta * kMaxGroupPerCta;
   float* sm_o = sm_l + kWarpsPerCta * kMaxGroupPerCta;
+  float* cta_m = reinterpret_cast<float*>(smem_raw) + S::kWarpStateFloats;
+  float* cta_l = cta_m + kMaxGroupPerCta;
+  float* cta_o = cta_l + kMaxGroupPerCta;
   if (tid == 0) {
     sm_m[warp * kMaxGroupPerCta + gid] = m[0];
     sm_m[warp * kMaxGroupPerCta + gid + 8] = m[1];
@@ -308,21 +333,43 @@ __global__ void __launch_bounds__(kThreadsPerCta)
       const int64_t prow = (row_base + h) * p.num_splits + split;
       p.partial_o[prow * DPAD + col] = lsum > 0.f ? acc / lsum : 0.f;
       if (col == 0) p.partial_lse[prow] = lsum > 0.f ? mall + log2f(lsum) : -INFINITY;
-    } else {
-      float mt = mall, lt = lsum, a = 1.f;
-      if (p.sinks != nullptr) {  // the sink joins the denominator only
-        const float sk = p.sinks[h] * kLog2e;
-        const float mn = fmaxf(mall, sk);
-        a = mall == -INFINITY ? 0.f : exp2f(mall - mn);
-        lt = lsum * a + exp2f(sk - mn);
-        mt = mn;
+    } else if (p.cluster_reduce) {
+      cta_o[row * DPAD + col] = acc;
+      if (col == 0) {
+        cta_m[row] = mall;
+        cta_l[row] = lsum;
       }
-      T* yr = static_cast<T*>(p.y) + b * p.y_stride_b + h * p.y_stride_h;
-      yr[col] = ptx::from_float<T>(lt > 0.f ? acc * a / lt : 0.f);
-      if (col == 0 && p.lse != nullptr)
-        p.lse[b * p.lse_stride_b + h * p.lse_stride_h] =
-            lt > 0.f ? (mt + log2f(lt)) * kLn2 : -INFINITY;
+    } else {
+      write_output<T>(p, b, h, col, mall, lsum, acc);
     }
+  }
+
+  // Cluster mode: the num_splits CTAs of one (batch, KV head, head block) are a
+  // thread block cluster; they combine their states through distributed shared
+  // memory, each CTA finishing a slice of the outputs, ranks in a fixed order.
+  if (p.cluster_reduce) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();
+    const int nc = static_cast<int>(cluster.num_blocks());
+    const int rank = static_cast<int>(cluster.block_rank());
+    for (int idx = rank * kThreadsPerCta + threadIdx.x; idx < nh * DPAD;
+         idx += nc * kThreadsPerCta) {
+      const int row = idx / DPAD, col = idx - row * DPAD;
+      if (col >= p.head_dim) continue;
+      float mall = -INFINITY;
+      for (int c = 0; c < nc; ++c) mall = fmaxf(mall, cluster.map_shared_rank(cta_m, c)[row]);
+      float lsum = 0.f, acc = 0.f;
+      for (int c = 0; c < nc; ++c) {
+        const float mc = cluster.map_shared_rank(cta_m, c)[row];
+        if (mc == -INFINITY) continue;
+        const float f = exp2f(mc - mall);
+        lsum += cluster.map_shared_rank(cta_l, c)[row] * f;
+        acc += cluster.map_shared_rank(cta_o, c)[row * DPAD + col] * f;
+      }
+      write_output<T>(p, b, hq0 + row, col, mall, lsum, acc);
+    }
+    cluster.sync();  // no CTA leaves while another still reads its shared memory
   }
 }
 
