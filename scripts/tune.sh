@@ -23,8 +23,10 @@ for v in $variants; do
     > "$out/tune-$v.log" 2>&1 || echo "bench $v rc=$?"
 done
 first=${variants%% *}
-FD_TUNE_NO_CLUSTER=1 FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
-  --methods flashdecoding --quick --no-progress --json "$out/tune-nocluster.json" > "$out/tune-nocluster.log" 2>&1
+for knob in ${TUNE_KNOBS:-FD_TUNE_NO_CLUSTER FD_TUNE_ONE_CTA_PER_SM}; do
+  env $knob=1 FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
+    --methods flashdecoding --quick --no-progress --json "$out/tune-$knob.json" > "$out/tune-$knob.log" 2>&1
+done
 for s in ${TUNE_SPLITS:-1 2 4 8 16}; do
   FD_TUNE_SPLITS=$s FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
     --methods flashdecoding --quick --no-progress --json "$out/split-$s.json" \

@@ -30,6 +30,8 @@ struct DecodeParams {
   // The num_splits CTAs of a unit form one cluster and reduce through
   // distributed shared memory (sm_90+); no workspace, no merge kernel.
   int32_t cluster_reduce;
+  // Launch with enough shared memory that an SM holds one CTA (host side only).
+  int32_t one_cta_per_sm;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
 

@@ -8,7 +8,8 @@ namespace {
 
 #define FD_CELL(DTYPE, D, TAG, TYPENAME)                                          \
   KernelCell {                                                                    \
-    DTYPE, D, "fd::decode_split_kernel<" TYPENAME ", " #D ">", &prepare_##TAG, &launch_##TAG \
+    DTYPE, D, "fd::decode_split_kernel<" TYPENAME ", " #D ">", &prepare_##TAG,      \
+        &active_clusters_##TAG, &launch_##TAG                                     \
   }
 
 const KernelCell kCells[] = {

@@ -17,9 +17,13 @@ namespace {
 constexpr int kMaxDevices = 64;
 constexpr int kMaxCells = 16;
 
+constexpr int kMaxCluster = 16;
+
 struct KernelFacts {
   int ctas_per_sm = 0;  // 0 = not asked yet
-  int max_cluster = 1;
+  // Co-resident clusters of c CTAs (index c); -1 = not asked yet.
+  int active_clusters[kMaxCluster + 1] = {-1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, -1, -1, -1, -1, -1};
 };
 
 struct DeviceFacts {
@@ -39,6 +43,8 @@ int cuda_fail(cudaError_t e, const char* what) {
 
 struct Facts {
   int device = 0, num_sms = 0, cc = 0;
+  int cell = 0;
+  bool vec = false;
   KernelFacts kernel;
 };
 
@@ -64,22 +70,33 @@ int device_facts(int cell, bool vec, Facts* out) {
   }
   KernelFacts& k = f.kernel[cell][vec ? 1 : 0];
   if (k.ctas_per_sm == 0) {
-    int n = 0, cluster = 1;
-    const int ce = kernel_cell(cell).prepare(vec, f.cc, &n, &cluster);
+    int n = 0;
+    const int ce = kernel_cell(cell).prepare(vec, f.cc, &n);
     if (ce != cudaSuccess)
       return cuda_fail(static_cast<cudaError_t>(ce),
                        "preparing the decode kernel (is this GPU one of fd_compiled_architectures()?)");
     if (n <= 0)
       return fail(FD_STATUS_UNSUPPORTED, "the decode kernel %s cannot run on device %d",
                   kernel_cell(cell).name, dev);
-    k.max_cluster = cluster;
     k.ctas_per_sm = n;
   }
   out->device = dev;
   out->num_sms = f.num_sms;
   out->cc = f.cc;
   out->kernel = k;
+  out->cell = cell;
+  out->vec = vec;
   return FD_STATUS_SUCCESS;
+}
+
+// Whether `units` clusters of `splits` CTAs all fit on the device at once, so
+// the cluster path runs in one wave. Cached per device, cell and size.
+bool clusters_fit(const Facts& facts, int splits, int64_t units) {
+  if (facts.cc < 90 || splits < 2 || splits > kMaxCluster) return false;
+  std::lock_guard<std::mutex> lock(g_facts_mutex);
+  int& n = g_facts[facts.device].kernel[facts.cell][facts.vec ? 1 : 0].active_clusters[splits];
+  if (n < 0) n = kernel_cell(facts.cell).active_clusters(facts.vec, splits);
+  return units <= n;
 }
 
 // 16-byte cp.async needs 8-element rows on 16-byte boundaries everywhere.
@@ -104,6 +121,13 @@ int forced_splits() {
 bool clusters_disabled() {
   static const bool off = std::getenv("FD_TUNE_NO_CLUSTER") != nullptr;
   return off;
+}
+
+// FD_TUNE_ONE_CTA_PER_SM=1 pads every launch to one CTA per SM (the cluster
+// path always is).
+bool one_cta_per_sm_forced() {
+  static const bool on = std::getenv("FD_TUNE_ONE_CTA_PER_SM") != nullptr;
+  return on;
 }
 
 struct Prepared {
@@ -136,9 +160,10 @@ int prepare(const Problem& p, Prepared* out, bool full) {
   }
   // A split small enough for one thread block cluster reduces on chip: no
   // merge launch, no workspace traffic. Batch-invariant mode keeps the merge.
-  out->cluster_reduce = !batch_invariant(p) && out->split.num_splits > 1 &&
-                        out->split.num_splits <= out->facts.kernel.max_cluster &&
-                        !clusters_disabled();
+  out->cluster_reduce =
+      !batch_invariant(p) && !clusters_disabled() &&
+      clusters_fit(out->facts, out->split.num_splits,
+                   static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p));
   return FD_STATUS_SUCCESS;
 }
 
@@ -193,6 +218,7 @@ int run_problem(const Problem& p) {
   d.chunk_len = pr.split.chunk_len;
   const WorkspaceLayout w = workspace_layout(p, pr.split.num_splits);
   d.cluster_reduce = pr.cluster_reduce ? 1 : 0;
+  d.one_cta_per_sm = (pr.cluster_reduce || one_cta_per_sm_forced()) ? 1 : 0;
   d.write_partials = (w.bytes > 0 && !pr.cluster_reduce) ? 1 : 0;
   if (d.write_partials) {
     unsigned char* ws = static_cast<unsigned char*>(p.workspace);

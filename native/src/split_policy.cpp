@@ -45,13 +45,13 @@ SplitChoice choose_splits(const Problem& p, int num_sms) {
     return best;
   }
   // Measured on H100 (docs/RESULTS.md, scripts/tune.sh): HBM streams best with
-  // about one long-running CTA per SM. So: no split once the units alone fill
-  // ~90% of the SMs, else enough splits for one CTA per SM, at most 16.
+  // one long-running CTA per SM, and an SM given two CTAs while others have
+  // one makes the whole launch wait for it. So: as many splits as keep the
+  // CTAs within one per SM, at most 16.
   const int64_t units =
       static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
   const int64_t sms = std::max(num_sms, 1);
-  int64_t s = 1;
-  if (units * 10 < sms * 9) s = std::min<int64_t>(ceil_div(sms, units), kPolicyMaxSplits);
+  int64_t s = std::max<int64_t>(1, std::min<int64_t>(sms / units, kPolicyMaxSplits));
   s = std::min<int64_t>(s, max_splits(p));
   const int64_t chunk = round_up(ceil_div(p.k_len, s), kMinChunk);
   best.chunk_len = static_cast<int>(chunk);

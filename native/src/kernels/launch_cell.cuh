@@ -29,51 +29,73 @@ constexpr size_t split_smem_bytes() {
   return SplitSmem<DPAD>::bytes(VEC ? kStages : 1);
 }
 
+// More than half of an SM's shared memory (228 KB on sm_90): one CTA per SM.
+// HBM streams best with one long CTA per SM (docs/RESULTS.md), and a cluster
+// launch would otherwise pack its CTAs two to an SM on half the SMs.
+constexpr size_t kOneCtaPerSmSmem = 116 * 1024;
+
+template <typename T, int DPAD, bool VEC>
+size_t launch_smem_bytes(bool one_cta_per_sm) {
+  const size_t base = split_smem_bytes<T, DPAD, VEC>();
+  return one_cta_per_sm && base < kOneCtaPerSmSmem ? kOneCtaPerSmSmem : base;
+}
+
 // Largest cluster of split CTAs the cluster-reduce path may use.
 constexpr int kMaxClusterSplits = 16;
 
 template <typename T, int DPAD, bool VEC>
-int prepare_split_kernel(int cc, int* ctas_per_sm, int* max_cluster) {
+int prepare_split_kernel(int cc, int* ctas_per_sm) {
   auto kernel = split_kernel<T, DPAD, VEC>();
   const size_t smem = split_smem_bytes<T, DPAD, VEC>();
+  const size_t padded = launch_smem_bytes<T, DPAD, VEC>(true);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem));
-  if (e != cudaSuccess) return e;
-  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, kernel, kThreadsPerCta, smem);
-  if (e != cudaSuccess) return e;
-  *max_cluster = 1;
-  if (cc < 90) return cudaSuccess;
-  // Clusters beyond 8 CTAs are "non-portable": ask, then check the GPU can
-  // place at least one such cluster with this kernel's shared memory.
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
-      cudaSuccess)
+                                       static_cast<int>(padded));
+  if (e != cudaSuccess) {  // a GPU with less shared memory: no padding there
     (void)cudaGetLastError();
-  for (int c = kMaxClusterSplits; c >= 2; c /= 2) {
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    cfg.gridDim = dim3(1, static_cast<unsigned>(c), 1);
-    cfg.blockDim = dim3(kThreadsPerCta);
-    cfg.dynamicSmemBytes = smem;
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = static_cast<unsigned>(c);
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0) {
-      *max_cluster = c;
-      break;
-    }
-    (void)cudaGetLastError();  // a refused size leaves no error behind
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem));
   }
-  return cudaSuccess;
+  if (e != cudaSuccess) return e;
+  if (cc >= 90 &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
+          cudaSuccess)
+    (void)cudaGetLastError();  // then only portable sizes (<= 8) will fit
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, kernel, kThreadsPerCta, smem);
+}
+
+// How many clusters of `cluster` split CTAs (one per SM) the GPU holds at once;
+// 0 when it cannot place one. Never leaves an error behind.
+template <typename T, int DPAD, bool VEC>
+int active_split_clusters(int cluster) {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  cfg.gridDim = dim3(1, static_cast<unsigned>(cluster), 1);
+  cfg.blockDim = dim3(kThreadsPerCta);
+  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(true);
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = static_cast<unsigned>(cluster);
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, split_kernel<T, DPAD, VEC>(), &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
 }
 
 template <typename T, int DPAD>
-int prepare_cell(bool vec, int cc, int* ctas_per_sm, int* max_cluster) {
-  return vec ? prepare_split_kernel<T, DPAD, true>(cc, ctas_per_sm, max_cluster)
-             : prepare_split_kernel<T, DPAD, false>(cc, ctas_per_sm, max_cluster);
+int prepare_cell(bool vec, int cc, int* ctas_per_sm) {
+  return vec ? prepare_split_kernel<T, DPAD, true>(cc, ctas_per_sm)
+             : prepare_split_kernel<T, DPAD, false>(cc, ctas_per_sm);
+}
+
+template <typename T, int DPAD>
+int active_clusters_cell(bool vec, int cluster) {
+  return vec ? active_split_clusters<T, DPAD, true>(cluster)
+             : active_split_clusters<T, DPAD, false>(cluster);
 }
 
 inline void set_pdl(cudaLaunchConfig_t& cfg, cudaLaunchAttribute* attr, bool pdl) {
@@ -98,7 +120,7 @@ cudaError_t launch_split(const DecodeParams& p, int head_blocks, bool pdl, cudaS
   cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_kv_heads),
                      static_cast<unsigned>(p.num_splits), static_cast<unsigned>(head_blocks));
   cfg.blockDim = dim3(kThreadsPerCta);
-  cfg.dynamicSmemBytes = split_smem_bytes<T, DPAD, VEC>();
+  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(p.one_cta_per_sm != 0);
   cfg.stream = stream;
   set_pdl(cfg, attr, pdl);
   if (p.cluster_reduce) add_cluster(cfg, attr, static_cast<unsigned>(p.num_splits));
