@@ -60,12 +60,21 @@ bool rows_disjoint(int64_t e0, int64_t s0, int64_t e1, int64_t s1, int64_t row) 
   return true;
 }
 
+// [ptr, ptr + bytes) runs past the end of the address space.
+bool range_wraps(const void* ptr, int64_t bytes) {
+  uintptr_t end;
+  return ptr != nullptr && bytes > 0 &&
+         __builtin_add_overflow(reinterpret_cast<uintptr_t>(ptr), static_cast<uintptr_t>(bytes),
+                                &end);
+}
+
 bool ranges_overlap(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
   if (a == nullptr || b == nullptr || a_bytes <= 0 || b_bytes <= 0) return false;
   const uintptr_t a0 = reinterpret_cast<uintptr_t>(a), b0 = reinterpret_cast<uintptr_t>(b);
-  const uintptr_t a1 = a0 + static_cast<uintptr_t>(a_bytes);
-  const uintptr_t b1 = b0 + static_cast<uintptr_t>(b_bytes);
-  return a0 < b1 && b0 < a1;
+  // Compared as distances, so a range reaching the end of the address space
+  // cannot wrap (check_pointers refuses those before asking).
+  return a0 <= b0 ? b0 - a0 < static_cast<uintptr_t>(a_bytes)
+                  : a0 - b0 < static_cast<uintptr_t>(b_bytes);
 }
 
 struct Spans {
@@ -186,7 +195,9 @@ int check_problem(const Problem& p) {
     return fail(FD_STATUS_UNSUPPORTED,
                 "batch_size * num_heads = %lld exceeds %d (one merge CTA per row)",
                 static_cast<long long>(bh), std::numeric_limits<int32_t>::max());
-  if (head_blocks(p) > 65535)
+  // Checked on the group before head_blocks() rounds it up (which would overflow
+  // int for a group near INT32_MAX).
+  if (p.num_heads / p.num_kv_heads > 65535 * kMaxGroupPerCta || head_blocks(p) > 65535)
     return fail(FD_STATUS_UNSUPPORTED,
                 "num_heads / num_kv_heads = %d exceeds %d query heads per KV head",
                 p.num_heads / p.num_kv_heads, 65535 * kMaxGroupPerCta);
@@ -334,6 +345,19 @@ int check_pointers(const Problem& p) {
     return fail(FD_STATUS_INVALID_POINTER,
                 "workspace is NULL but this problem needs %zu bytes of it", needed);
   const Spans s = spans_of(p);
+  {
+    const struct {
+      const char* name;
+      const void* ptr;
+      int64_t bytes;
+    } all[] = {{"q", p.q, s.q}, {"k", p.k, s.k}, {"v", p.v, s.v}, {"y", p.y, s.y},
+               {"lse", p.lse, s.lse}, {"workspace", p.workspace, static_cast<int64_t>(needed)}};
+    for (const auto& t : all)
+      if (range_wraps(t.ptr, t.bytes))
+        return fail(FD_STATUS_INVALID_POINTER,
+                    "%s = %p: its %lld bytes run past the end of the address space", t.name,
+                    t.ptr, static_cast<long long>(t.bytes));
+  }
   const struct {
     const char* name;
     const void* ptr;

@@ -20,6 +20,11 @@ namespace fd {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+#ifndef FD_L2_AHEAD
+#define FD_L2_AHEAD 0
+#endif
+constexpr int kL2Ahead = FD_L2_AHEAD;
+
 template <int DPAD>
 struct SplitSmem {
   static constexpr int kRowStride = DPAD + 8;  // 16-byte pad: ldmatrix rows hit distinct banks
@@ -135,7 +140,42 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   const int n_tiles = key_end > key_begin ? (key_end - key_begin + kTileKeys - 1) / kTileKeys : 0;
   const int my_tiles = n_tiles > warp ? (n_tiles - warp + kWarpsPerCta - 1) / kWarpsPerCta : 0;
 
-  // Query rows of this CTA as mma A fragments (rows >= nh and columns >= D are 0).
+  const T* kbase = static_cast<const T*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
+  const T* vbase = static_cast<const T*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
+  T* ring = smem + warp * STAGES * S::kStageElems;
+  auto tile_key0 = [&](int j) { return key_begin + (warp + j * kWarpsPerCta) * kTileKeys; };
+  auto load = [&](int j) {
+    T* sk = ring + (j % STAGES) * S::kStageElems;
+    load_kv_tile<T, DPAD, VEC>(sk, sk + S::kTileElems, kbase, vbase, p.k_stride_k, p.v_stride_k,
+                               tile_key0(j), key_end, p.head_dim, lane);
+  };
+
+  // Rows of a tile further ahead, pulled into L2 (FD_L2_AHEAD tiles past the
+  // ring): more bytes in flight per warp without more shared memory.
+  auto prefetch = [&](int j) {
+    const int key = tile_key0(j) + (lane & 15);
+    if (key < key_end) {
+      const T* src = lane < 16 ? kbase + key * p.k_stride_k : vbase + key * p.v_stride_k;
+      ptx::prefetch_l2(src, p.head_dim * static_cast<int>(sizeof(T)));
+    }
+  };
+
+  float m[2] = {-INFINITY, -INFINITY};  // running max of rows gid, gid+8 (log2 units)
+  float l[2] = {0.f, 0.f};              // this lane's part of the running sums
+  float o[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+  if constexpr (VEC) {
+#pragma unroll
+    for (int j = 0; j < STAGES - 1; ++j) {
+      if (j < my_tiles) load(j);
+      ptx::cp_async_commit();
+    }
+  }
+
+  // Query rows of this CTA as mma A fragments (rows >= nh and columns >= D are 0),
+  // read after the first K/V copies are on their way so both latencies overlap.
   uint32_t qf[KSTEPS][4];
   {
     const T* qb = static_cast<const T*>(p.q) + b * p.q_stride_b;
@@ -154,29 +194,6 @@ __global__ void __launch_bounds__(kThreadsPerCta)
       }
   }
 
-  const T* kbase = static_cast<const T*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
-  const T* vbase = static_cast<const T*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
-  T* ring = smem + warp * STAGES * S::kStageElems;
-  auto tile_key0 = [&](int j) { return key_begin + (warp + j * kWarpsPerCta) * kTileKeys; };
-  auto load = [&](int j) {
-    T* sk = ring + (j % STAGES) * S::kStageElems;
-    load_kv_tile<T, DPAD, VEC>(sk, sk + S::kTileElems, kbase, vbase, p.k_stride_k, p.v_stride_k,
-                               tile_key0(j), key_end, p.head_dim, lane);
-  };
-
-  float m[2] = {-INFINITY, -INFINITY};  // running max of rows gid, gid+8 (log2 units)
-  float l[2] = {0.f, 0.f};              // this lane's part of the running sums
-  float o[NT][4];
-#pragma unroll
-  for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-
-  if constexpr (VEC) {
-#pragma unroll
-    for (int j = 0; j < STAGES - 1; ++j) {
-      if (j < my_tiles) load(j);
-      ptx::cp_async_commit();
-    }
-  }
 
   for (int j = 0; j < my_tiles; ++j) {
     if constexpr (VEC) {
@@ -185,6 +202,9 @@ __global__ void __launch_bounds__(kThreadsPerCta)
       // Refill the slot every lane finished reading in the previous step.
       if (j + STAGES - 1 < my_tiles) load(j + STAGES - 1);
       ptx::cp_async_commit();
+      if constexpr (kL2Ahead > 0) {
+        if (j + STAGES - 1 + kL2Ahead < my_tiles) prefetch(j + STAGES - 1 + kL2Ahead);
+      }
     } else {
       load(j);
       __syncwarp();
