@@ -8,7 +8,7 @@ set -uo pipefail
 mode=${1:-quick}; shift || true
 out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
-steps=${FD_CHECK_STEPS:-"build ctest grid grid_merge pytest bench"}
+steps=${FD_CHECK_STEPS:-"build ctest grid grid_cluster pytest bench"}
 export PYTHONUNBUFFERED=1 FLASHDECODING_LIBRARY=$root/build/libflashdecoding.so
 export PYTHONPATH=$root/python:$root/tests/gpu${PYTHONPATH:+:$PYTHONPATH}
 export FD_COMMIT=${FD_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -32,14 +32,14 @@ run_step build bash -c "cmake -S . -B build -G Ninja -DCMAKE_CUDA_ARCHITECTURES=
 run_step ctest ctest --test-dir build --output-on-failure
 grid_flag=""; [ "$mode" = quick ] && grid_flag="--quick"
 run_step grid python3 tests/gpu/grid_check.py $grid_flag --json "$out/grid.json"
-# The same grid through the workspace + merge kernel instead of clusters.
-run_step grid_merge env FD_TUNE_NO_CLUSTER=1 python3 tests/gpu/grid_check.py --quick
+# The same grid through the opt-in cluster (DSMEM) reduction instead of the merge kernel.
+run_step grid_cluster env FD_TUNE_CLUSTER=1 python3 tests/gpu/grid_check.py --quick
 run_step pytest python3 -m pytest -q -x -p no:cacheprovider tests/python
 bench_flag=""; [ "$mode" = quick ] && bench_flag="--quick"
 run_step bench python3 -m flashdecoding.bench $bench_flag --json "$out/bench.json" --png "$out/bench.png" "$@"
 echo
 echo "== summary ($FD_COMMIT, $(cat "$out/device.txt"))"
-for s in build ctest grid grid_merge pytest bench; do printf '%-8s %s\n' "$s" "${result[$s]:-}"; done
+for s in build ctest grid grid_cluster pytest bench; do printf '%-8s %s\n' "$s" "${result[$s]:-}"; done
 grep -h -E "passed|failed" "$out/grid.log" 2>/dev/null | tail -n 2
 [ -f "$out/bench.log" ] && grep -A 40 -E "^(shape|Shape|#)" "$out/bench.log" | tail -n 40
 exit 0

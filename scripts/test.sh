@@ -9,6 +9,8 @@
 #   FD_CUDA_ARCHITECTURES   e.g. 90a: passed as CMAKE_CUDA_ARCHITECTURES (default: the
 #                           project's list, the one users get)
 #   FD_VENV                 venv directory (default: .venv)
+#   FD_FUZZ_SECONDS         seconds of libFuzzer on the C ABI's host side (default 60;
+#                           0 skips it); scripts/fuzz.sh installs clang if needed
 # Arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,3 +79,8 @@ fi
 say "Python tests (pytest)"
 cd "$ROOT"
 PYTHONPATH="$PYPATH" "$VPY" -m pytest -q -rs tests/python "$@"
+
+if [ "${FD_FUZZ_SECONDS:-60}" != 0 ]; then
+  say "fuzzing the C ABI host side (scripts/fuzz.sh ${FD_FUZZ_SECONDS:-60})"
+  bash "$ROOT/scripts/fuzz.sh" "${FD_FUZZ_SECONDS:-60}"
+fi

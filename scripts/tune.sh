@@ -5,18 +5,17 @@
 #   - time flashdecoding alone on the PERF.md grid for each,
 #   - sweep the split count (FD_TUNE_SPLITS) on the default build.
 #   usage: scripts/tune.sh [variants...]   e.g. "w4s3 w4s4 w8s2p256"
-#   (w: warps per CTA, s: cp.async stages, p: L2 prefetch hint bytes (256
-#    unless given), a: tiles prefetched into L2 beyond the ring)
+#   (w: warps per CTA, s: cp.async stages, p: L2 prefetch hint bytes, 256
+#    unless given)
 set -uo pipefail
 out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$root/python${PYTHONPATH:+:$PYTHONPATH}
 variants=${*:-"w4s3 w4s2 w4s4 w8s2 w8s3"}
 for v in $variants; do
-  w=${v#w}; w=${w%%s*}; s=${v#*s}; s=${s%%[pa]*}; pf=256; ahead=0
-  case $v in *p*) pf=${v##*p}; pf=${pf%%a*};; esac
-  case $v in *a*) ahead=${v##*a};; esac
-  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_L2_PREFETCH=$pf -DFD_L2_AHEAD=$ahead"
+  w=${v#w}; w=${w%%s*}; s=${v#*s}; s=${s%%p*}; pf=256
+  case $v in *p*) pf=${v##*p};; esac
+  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_L2_PREFETCH=$pf"
   cmake -S . -B "build-$v" -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a \
     "-DCMAKE_CUDA_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" > "$out/build-$v.log" 2>&1 \
     && cmake --build "build-$v" -j16 >> "$out/build-$v.log" 2>&1 || { echo "build $v failed"; tail "$out/build-$v.log"; continue; }
@@ -25,7 +24,7 @@ for v in $variants; do
     > "$out/tune-$v.log" 2>&1 || echo "bench $v rc=$?"
 done
 first=${variants%% *}
-for knob in ${TUNE_KNOBS:-FD_TUNE_NO_CLUSTER FD_TUNE_ONE_CTA_PER_SM}; do
+for knob in ${TUNE_KNOBS:-FD_TUNE_CLUSTER FD_TUNE_ONE_CTA_PER_SM}; do
   env $knob=1 FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
     --methods flashdecoding --quick --no-progress --json "$out/tune-$knob.json" > "$out/tune-$knob.log" 2>&1
 done

@@ -109,7 +109,8 @@ bool can_vectorise(const Problem& p) {
 
 // Tuning knobs for measurements only (scripts/tune.sh), read once per process:
 // FD_TUNE_SPLITS=n forces n splits (clamped to what the workspace holds);
-// FD_TUNE_NO_CLUSTER=1 merges through the workspace instead of a cluster.
+// FD_TUNE_CLUSTER=1 reduces splits in a thread block cluster (sm_90) instead of
+// the merge kernel: measured no faster on H100 (docs/RESULTS.md), so opt-in.
 int forced_splits() {
   static const int n = [] {
     const char* s = std::getenv("FD_TUNE_SPLITS");
@@ -118,9 +119,9 @@ int forced_splits() {
   return n;
 }
 
-bool clusters_disabled() {
-  static const bool off = std::getenv("FD_TUNE_NO_CLUSTER") != nullptr;
-  return off;
+bool clusters_enabled() {
+  static const bool on = std::getenv("FD_TUNE_CLUSTER") != nullptr;
+  return on;
 }
 
 // FD_TUNE_ONE_CTA_PER_SM=1 pads every launch to one CTA per SM (the cluster
@@ -158,10 +159,10 @@ int prepare(const Problem& p, Prepared* out, bool full) {
     out->split.chunk_len = (chunk + kMinChunk - 1) / kMinChunk * kMinChunk;
     out->split.num_splits = (p.k_len + out->split.chunk_len - 1) / out->split.chunk_len;
   }
-  // A split small enough for one thread block cluster reduces on chip: no
-  // merge launch, no workspace traffic. Batch-invariant mode keeps the merge.
+  // Opt-in: a split small enough for one thread block cluster reduces on chip
+  // (no merge launch, no workspace traffic). Batch-invariant mode keeps the merge.
   out->cluster_reduce =
-      !batch_invariant(p) && !clusters_disabled() &&
+      !batch_invariant(p) && clusters_enabled() &&
       clusters_fit(out->facts, out->split.num_splits,
                    static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p));
   return FD_STATUS_SUCCESS;

@@ -20,11 +20,6 @@ namespace fd {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-#ifndef FD_L2_AHEAD
-#define FD_L2_AHEAD 0
-#endif
-constexpr int kL2Ahead = FD_L2_AHEAD;
-
 template <int DPAD>
 struct SplitSmem {
   static constexpr int kRowStride = DPAD + 8;  // 16-byte pad: ldmatrix rows hit distinct banks
@@ -150,16 +145,6 @@ __global__ void __launch_bounds__(kThreadsPerCta)
                                tile_key0(j), key_end, p.head_dim, lane);
   };
 
-  // Rows of a tile further ahead, pulled into L2 (FD_L2_AHEAD tiles past the
-  // ring): more bytes in flight per warp without more shared memory.
-  auto prefetch = [&](int j) {
-    const int key = tile_key0(j) + (lane & 15);
-    if (key < key_end) {
-      const T* src = lane < 16 ? kbase + key * p.k_stride_k : vbase + key * p.v_stride_k;
-      ptx::prefetch_l2(src, p.head_dim * static_cast<int>(sizeof(T)));
-    }
-  };
-
   float m[2] = {-INFINITY, -INFINITY};  // running max of rows gid, gid+8 (log2 units)
   float l[2] = {0.f, 0.f};              // this lane's part of the running sums
   float o[NT][4];
@@ -202,9 +187,7 @@ __global__ void __launch_bounds__(kThreadsPerCta)
       // Refill the slot every lane finished reading in the previous step.
       if (j + STAGES - 1 < my_tiles) load(j + STAGES - 1);
       ptx::cp_async_commit();
-      if constexpr (kL2Ahead > 0) {
-        if (j + STAGES - 1 + kL2Ahead < my_tiles) prefetch(j + STAGES - 1 + kL2Ahead);
-      }
+
     } else {
       load(j);
       __syncwarp();

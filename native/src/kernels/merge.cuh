@@ -16,30 +16,14 @@ namespace fd {
 constexpr int kMergeWarps = 8;
 constexpr int kMergeThreads = kMergeWarps * 32;
 
-// Block-wide reduction in a fixed order: lanes by a fixed xor tree, then warps
-// 0..7 in turn. `op` is max or sum.
-template <typename Op>
-__device__ __forceinline__ float block_reduce(float x, float* scratch, Op op) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x = op(x, __shfl_xor_sync(0xffffffffu, x, o));
-  __syncthreads();  // scratch may still be read by a previous reduction
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  float r = scratch[0];
-#pragma unroll
-  for (int w = 1; w < kMergeWarps; ++w) r = op(r, scratch[w]);
-  return r;
-}
-
 template <typename T, int DPAD>
 __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(const DecodeParams p) {
   static_assert(DPAD % 4 == 0 && DPAD / 4 <= 32, "one float4 column group per lane");
-  __shared__ float scratch[kMergeWarps];
+  __shared__ float warp_m[kMergeWarps], warp_d[kMergeWarps];
   __shared__ __align__(16) float part[kMergeWarps][DPAD];
 
-  ptx::grid_dependency_wait();      // the split kernel's partials are complete
-  ptx::launch_dependents();         // let the next kernel in the stream get ready
+  ptx::grid_dependency_wait();  // the split kernel's partials are complete
+  ptx::launch_dependents();     // let the next kernel in the stream get ready
 
   const int64_t row = blockIdx.x;
   const int b = static_cast<int>(row / p.num_heads);
@@ -48,41 +32,58 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(const Decod
   const float* lse = p.partial_lse + row * ns;
   const float* po = p.partial_o + row * ns * DPAD;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const bool has_cols = lane * 4 < DPAD;
 
-  float mx = -INFINITY;
-  for (int i = threadIdx.x; i < ns; i += kMergeThreads) mx = fmaxf(mx, lse[i]);
-  float mall = block_reduce(mx, scratch, [](float a, float c) { return fmaxf(a, c); });
+  // Warp w folds splits w, w + 8, ... into one running state (max, sum, sum of
+  // weighted outputs), lane l holding columns 4l .. 4l + 3. Loads of later
+  // splits do not wait on earlier ones, so a few splits cost one round trip.
+  float m = -INFINITY, d = 0.f;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+  for (int i = warp; i < ns; i += kMergeWarps) {
+    const float li = lse[i];
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (has_cols) o = *reinterpret_cast<const float4*>(po + static_cast<int64_t>(i) * DPAD + lane * 4);
+    if (li == -INFINITY) continue;  // an empty split adds nothing
+    const float mn = fmaxf(m, li);
+    const float f_old = exp2f(m - mn), f_new = exp2f(li - mn);  // exp2(-inf) = 0
+    d = d * f_old + f_new;
+    acc.x = acc.x * f_old + f_new * o.x;
+    acc.y = acc.y * f_old + f_new * o.y;
+    acc.z = acc.z * f_old + f_new * o.z;
+    acc.w = acc.w * f_old + f_new * o.w;
+    m = mn;
+  }
+  if (lane == 0) {
+    warp_m[warp] = m;
+    warp_d[warp] = d;
+  }
+  if (has_cols) *reinterpret_cast<float4*>(&part[warp][lane * 4]) = acc;
+  __syncthreads();
+
+  // Warps 0..7 in order, then the sink, then normalise.
+  float mall = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kMergeWarps; ++w) mall = fmaxf(mall, warp_m[w]);
   float sink = -INFINITY;
   if (p.sinks != nullptr) {
     sink = p.sinks[h] * kLog2e;
     mall = fmaxf(mall, sink);
   }
   const float base = mall == -INFINITY ? 0.f : mall;
-  float part_den = 0.f;
-  for (int i = threadIdx.x; i < ns; i += kMergeThreads) part_den += exp2f(lse[i] - base);
-  float den = block_reduce(part_den, scratch, [](float a, float c) { return a + c; });
-  if (p.sinks != nullptr) den += exp2f(sink - base);
-
-  // Warp w takes splits w, w + 8, ...; lane l the columns 4l .. 4l + 3.
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (lane * 4 < DPAD) {
-#pragma unroll 4
-    for (int i = warp; i < ns; i += kMergeWarps) {
-      const float w = exp2f(lse[i] - base);
-      const float4 o = *reinterpret_cast<const float4*>(po + static_cast<int64_t>(i) * DPAD + lane * 4);
-      acc.x += w * o.x;
-      acc.y += w * o.y;
-      acc.z += w * o.z;
-      acc.w += w * o.w;
-    }
-    *reinterpret_cast<float4*>(&part[warp][lane * 4]) = acc;
+  float f[kMergeWarps];
+  float den = 0.f;
+#pragma unroll
+  for (int w = 0; w < kMergeWarps; ++w) {
+    f[w] = exp2f(warp_m[w] - base);
+    den += warp_d[w] * f[w];
   }
-  __syncthreads();
+  if (p.sinks != nullptr) den += exp2f(sink - base);
   const int col = threadIdx.x;
   if (col < p.head_dim) {
     float sum = 0.f;
 #pragma unroll
-    for (int w = 0; w < kMergeWarps; ++w) sum += part[w][col];
+    for (int w = 0; w < kMergeWarps; ++w) sum += part[w][col] * f[w];
     T* yr = static_cast<T*>(p.y) + b * p.y_stride_b + h * p.y_stride_h;
     yr[col] = ptx::from_float<T>(den > 0.f ? sum / den : 0.f);
   }

@@ -34,15 +34,6 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int sr
 #endif
 }
 
-// Asks L2 to fetch `bytes` (a multiple of 16) at gptr; no data reaches the SM.
-__device__ __forceinline__ void prefetch_l2(const void* gptr, int bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(gptr), "r"(bytes) : "memory");
-#else
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(gptr));
-#endif
-}
-
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int N>
