@@ -65,7 +65,7 @@ say "$($CXX --version | head -1)"
 SAN=(-fsanitize=fuzzer,address,undefined,integer -fno-sanitize-recover=all
      -fno-omit-frame-pointer)
 SRC=(native/src/problem.cpp native/src/split_policy.cpp native/src/status.cpp
-     native/src/api.cpp native/src/kernel_table.cpp
+     native/src/api.cpp native/src/kernel_table.cpp native/src/launch_plan.cpp
      tests/fuzz/fake_launch.cpp tests/fuzz/fuzz_host.cpp)
 BIN="$WORK/fuzz_host"
 say "building $BIN"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the C host test (fd_test_abi) and tests/gpu/sanitize_driver.py (the
-# cluster path, and with FD_TUNE_NO_CLUSTER=1 the merge path) under
+# default merge path, and with FD_TUNE_CLUSTER=1 the opt-in cluster path) under
 # compute-sanitizer memcheck, racecheck, initcheck and synccheck. Prints one line
 # per tool and program with its error count; fails unless every one reports zero
 # errors (a tool that refuses to run, e.g. on thread block clusters, is a failure
@@ -64,8 +64,8 @@ run_one() {  # run_one <tool> <label> <env...> -- <command...>
 
 for tool in $TOOLS; do
   run_one "$tool" fd_test_abi FD_NONE=1 -- "$TEST_BIN"
-  run_one "$tool" driver_cluster FD_NONE=1 -- "$PY" tests/gpu/sanitize_driver.py
-  run_one "$tool" driver_merge FD_TUNE_NO_CLUSTER=1 -- "$PY" tests/gpu/sanitize_driver.py
+  run_one "$tool" driver_merge FD_NONE=1 -- "$PY" tests/gpu/sanitize_driver.py
+  run_one "$tool" driver_cluster FD_TUNE_CLUSTER=1 -- "$PY" tests/gpu/sanitize_driver.py
 done
 if [ "$FAILED" != 0 ]; then echo "sanitize: FAILED (logs in $LOGS)"; exit 1; fi
 echo "sanitize: OK: every tool reports zero errors (logs in $LOGS)"

@@ -4,7 +4,7 @@
 
 #include "flashdecoding/flashdecoding.h"
 #include "kernel_table.h"
-#include "launch.h"
+#include "launch_plan.h"
 #include "problem.h"
 #include "split_policy.h"
 #include "status.h"

@@ -1,0 +1,130 @@
+#include "launch_plan.h"
+
+#include <cstdint>
+
+#include "kernel_table.h"
+#include "status.h"
+
+namespace fd {
+namespace {
+
+// 16-byte cp.async needs 8-element rows on 16-byte boundaries everywhere.
+bool can_vectorise(const Problem& p) {
+  auto al16 = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  return p.head_dim % 8 == 0 && al16(p.k) && al16(p.v) && p.k_stride_b % 8 == 0 &&
+         p.k_stride_h % 8 == 0 && p.k_stride_k % 8 == 0 && p.v_stride_b % 8 == 0 &&
+         p.v_stride_h % 8 == 0 && p.v_stride_k % 8 == 0;
+}
+
+constexpr int kMaxCluster = 16;
+
+}  // namespace
+
+int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
+  int st = full_checks ? check_all(p) : check_problem(p);
+  if (st == FD_STATUS_SUCCESS && !full_checks) st = check_strides(p);
+  if (st != FD_STATUS_SUCCESS) return st;
+  LaunchDecision& d = *out;
+  d = LaunchDecision{};
+  d.cell = find_kernel_cell(p.dtype, p.head_dim);
+  if (d.cell < 0)
+    return fail(FD_STATUS_UNSUPPORTED, "no kernel cell serves dtype %d with head_dim = %d",
+                p.dtype, p.head_dim);
+  d.vec = can_vectorise(p);
+  st = query_device(d.cell, d.vec, &d.dev);
+  if (st != FD_STATUS_SUCCESS) return st;
+
+  d.split = choose_splits(p, d.dev.num_sms);
+  const int forced = tune_forced_splits();
+  if (forced > 0 && p.k_len > 0 && !batch_invariant(p)) {
+    const int s = forced < max_splits(p) ? forced : max_splits(p);
+    const int chunk = (p.k_len + s - 1) / s;
+    d.split.chunk_len = (chunk + kMinChunk - 1) / kMinChunk * kMinChunk;
+    d.split.num_splits = (p.k_len + d.split.chunk_len - 1) / d.split.chunk_len;
+  }
+  // Opt-in: a split small enough for one thread block cluster reduces on chip
+  // (no merge launch, no workspace traffic), only when every unit's cluster is
+  // resident at once. Batch-invariant mode keeps the merge.
+  const int s = d.split.num_splits;
+  const int64_t units = static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
+  d.cluster_reduce = !batch_invariant(p) && tune_clusters_enabled() && d.dev.cc >= 90 &&
+                     s >= 2 && s <= kMaxCluster &&
+                     units <= device_active_clusters(d.dev, d.cell, d.vec, s);
+  d.write_partials = workspace_layout(p, s).bytes > 0 && !d.cluster_reduce;
+  d.one_cta_per_sm = d.cluster_reduce || tune_one_cta_per_sm();
+  return FD_STATUS_SUCCESS;
+}
+
+DecodeParams make_decode_params(const Problem& p, const LaunchDecision& dec) {
+  DecodeParams d = {};
+  d.q = p.q;
+  d.k = p.k;
+  d.v = p.v;
+  d.y = p.y;
+  d.q_stride_b = p.q_stride_b;
+  d.q_stride_h = p.q_stride_h;
+  d.k_stride_b = p.k_stride_b;
+  d.k_stride_h = p.k_stride_h;
+  d.k_stride_k = p.k_stride_k;
+  d.v_stride_b = p.v_stride_b;
+  d.v_stride_h = p.v_stride_h;
+  d.v_stride_k = p.v_stride_k;
+  d.y_stride_b = p.y_stride_b;
+  d.y_stride_h = p.y_stride_h;
+  d.batch_size = p.batch_size;
+  d.num_heads = p.num_heads;
+  d.num_kv_heads = p.num_kv_heads;
+  d.k_len = p.k_len;
+  d.head_dim = p.head_dim;
+  d.group_size = p.num_heads / p.num_kv_heads;
+  d.scale = p.scale;
+  d.scale_log2 = p.scale * 1.4426950408889634f;
+  d.num_splits = dec.split.num_splits;
+  d.chunk_len = dec.split.chunk_len;
+  d.cluster_reduce = dec.cluster_reduce ? 1 : 0;
+  d.write_partials = dec.write_partials ? 1 : 0;
+  d.one_cta_per_sm = dec.one_cta_per_sm ? 1 : 0;
+  if (dec.write_partials) {
+    const WorkspaceLayout w = workspace_layout(p, dec.split.num_splits);
+    const uintptr_t ws = reinterpret_cast<uintptr_t>(p.workspace);
+    d.partial_o = reinterpret_cast<float*>(ws + w.partial_o_offset);
+    d.partial_lse = reinterpret_cast<float*>(ws + w.partial_lse_offset);
+  }
+  d.lse = p.lse;
+  d.lse_stride_b = p.lse_stride_b;
+  d.lse_stride_h = p.lse_stride_h;
+  d.seq_lens = p.seq_lens;
+  d.window_size = p.window_size;
+  d.sinks = p.sinks;
+  d.alibi_slopes = p.alibi_slopes;
+  d.logits_soft_cap = p.logits_soft_cap;
+  d.has_logit_mods = (p.logits_soft_cap > 0.f || p.alibi_slopes != nullptr) ? 1 : 0;
+  return d;
+}
+
+int run_problem(const Problem& p) {
+  LaunchDecision dec;
+  const int st = decide_launch(p, true, &dec);
+  if (st != FD_STATUS_SUCCESS) return st;
+  const int lst = launch_decode(dec, make_decode_params(p, dec), head_blocks(p), p.stream);
+  if (lst == FD_STATUS_SUCCESS) clear_error();
+  return lst;
+}
+
+int plan_problem(const Problem& p, fd_launch_plan* plan) {
+  LaunchDecision dec;
+  const int st = decide_launch(p, false, &dec);
+  if (st != FD_STATUS_SUCCESS) return st;
+  plan->cell_index = dec.cell;
+  plan->num_splits = dec.split.num_splits;
+  plan->chunk_len = dec.split.chunk_len;
+  const int g = p.num_heads / p.num_kv_heads;
+  plan->heads_per_cta = g < kMaxGroupPerCta ? g : kMaxGroupPerCta;
+  plan->num_sms = dec.dev.num_sms;
+  plan->device_cc = dec.dev.cc;
+  plan->cluster_size = dec.cluster_reduce ? dec.split.num_splits : 1;
+  plan->merge_kernel = dec.write_partials ? 1 : 0;
+  return FD_STATUS_SUCCESS;
+}
+
+}  // namespace fd

@@ -1,0 +1,530 @@
+// libFuzzer target over the host side of the C ABI (scripts/fuzz.sh builds it with
+// ASan + UBSan + the integer sanitizer). Every value of every entry point comes
+// raw from the input: int32 extents, int64 strides, float bits, pointers,
+// workspace sizes, and the whole fd_decode_params struct including struct_size
+// and bytes past the end of the struct this library knows. The run functions go
+// through the library's real checks and split policy to a fake launch
+// (fake_launch.cpp) that records what would run.
+//
+// Invariants (a violation traps, which libFuzzer reports as a crash):
+//  * no crash, no sanitizer report, no read outside the params struct's struct_size;
+//  * every status is in the fd_status enum, and never CUDA_ERROR (no CUDA here);
+//  * a failure leaves a non-empty last-error message, a success an empty one;
+//  * a check and the run it predicts give the same status and the same message;
+//    SUCCESS from a check means the run reaches the launch, a failure means it
+//    does not;
+//  * what is launched is sane: splits cover k_len with no empty split, grid
+//    dimensions within CUDA's limits, the workspace the launch uses lies within
+//    the caller's and within the size the size functions report, clusters only
+//    as large as the device allows;
+//  * fd_flash_decoding_workspace_size and fd_decode_workspace_size agree.
+//
+// Input layout (little-endian, missing bytes read as zero): see Reader and
+// decode() below; tests/fuzz/make_corpus.py writes seeds in this layout.
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "fake_launch.h"
+#include "flashdecoding/flashdecoding.h"
+#include "kernel_table.h"
+#include "problem.h"
+#include "split_policy.h"
+
+namespace {
+
+#define FUZZ_CHECK(cond, ...)                                              \
+  do {                                                                     \
+    if (!(cond)) {                                                         \
+      std::fprintf(stderr, "fuzz_host: invariant failed: %s\n  ", #cond);  \
+      std::fprintf(stderr, __VA_ARGS__);                                   \
+      std::fprintf(stderr, "\n  last error: \"%s\"\n", fd_last_error_message()); \
+      __builtin_trap();                                                    \
+    }                                                                      \
+  } while (0)
+
+class Reader {
+ public:
+  Reader(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  template <typename T>
+  T get() {
+    unsigned char buf[sizeof(T)] = {};
+    for (size_t i = 0; i < sizeof(T) && pos_ < size_; ++i) buf[i] = data_[pos_++];
+    T v;
+    std::memcpy(&v, buf, sizeof(T));
+    return v;
+  }
+  size_t left() const { return size_ - pos_; }
+  const uint8_t* rest() const { return data_ + pos_; }
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+};
+
+enum Entry : uint8_t {
+  kCheckProblem = 0,
+  kCheck = 1,          // fd_flash_decoding_check, then the run it predicts
+  kWorkspaceSize = 2,  // both size functions
+  kRunF16 = 3,
+  kRunBf16 = 4,
+  kDecodeCheck = 5,  // fd_decode_check, then fd_decode and fd_decode_plan
+  kDecode = 6,
+  kDecodeWorkspaceSize = 7,
+  kDecodePlan = 8,
+  kCells = 9,
+  kMisc = 10,
+  kEntries = 11,
+};
+
+// ptr_mode bits
+constexpr uint8_t kPtrRelative = 0x1;      // pointers = base + (raw % 2^24): overlaps happen
+constexpr uint8_t kStructSizeExact = 0x2;  // struct_size = sizeof(fd_decode_params)
+constexpr uint8_t kNullOut = 0x4;          // NULL for params / bytes / plan / cell / index
+constexpr uint8_t kExtensionsZero = 0x8;   // extension fields zero (the plain decode)
+constexpr uint8_t kClusters = 0x10;        // the opt-in cluster path on (FD_TUNE_CLUSTER)
+
+struct Input {
+  uint8_t entry = 0, ptr_mode = 0;
+  fd_decode_params p{};
+  uint64_t struct_size = 0;
+  int32_t raw_index = 0;
+  std::vector<uint8_t> tail;
+};
+
+const void* ptr_of(uint64_t raw, uint8_t mode) {
+  if (mode & kPtrRelative) {
+    if (raw == 0) return nullptr;
+    raw = (uint64_t{1} << 40) + (raw & 0xffffffu);
+  }
+  return reinterpret_cast<const void*>(static_cast<uintptr_t>(raw));
+}
+
+Input decode(const uint8_t* data, size_t size) {
+  Reader r(data, size);
+  Input in;
+  in.entry = static_cast<uint8_t>(r.get<uint8_t>() % kEntries);
+  in.ptr_mode = r.get<uint8_t>();
+  fdfuzz::FakeDevice& dev = fdfuzz::g_device;
+  dev.num_sms = 1 + r.get<uint16_t>() % 1024;
+  dev.cc = 50 + r.get<uint8_t>() % 60;
+  dev.ctas_per_sm = 1 + r.get<uint8_t>() % 32;
+  dev.max_cluster = 1 + r.get<uint8_t>() % 16;
+  dev.active_clusters = r.get<uint8_t>();
+  dev.clusters_enabled = (in.ptr_mode & kClusters) != 0;
+  fd_decode_params& p = in.p;
+  std::memset(&p, 0, sizeof(p));
+  p.dtype = r.get<int32_t>();
+  p.flags = r.get<uint32_t>();
+  const uint8_t m = in.ptr_mode;
+  p.q = ptr_of(r.get<uint64_t>(), m);
+  p.k = ptr_of(r.get<uint64_t>(), m);
+  p.v = ptr_of(r.get<uint64_t>(), m);
+  p.y = const_cast<void*>(ptr_of(r.get<uint64_t>(), m));
+  p.workspace = const_cast<void*>(ptr_of(r.get<uint64_t>(), m));
+  p.workspace_bytes = r.get<uint64_t>();
+  p.batch_size = r.get<int32_t>();
+  p.num_heads = r.get<int32_t>();
+  p.num_kv_heads = r.get<int32_t>();
+  p.k_len = r.get<int32_t>();
+  p.head_dim = r.get<int32_t>();
+  p.scale = r.get<float>();
+  p.q_stride_b = r.get<int64_t>();
+  p.q_stride_h = r.get<int64_t>();
+  p.k_stride_b = r.get<int64_t>();
+  p.k_stride_h = r.get<int64_t>();
+  p.k_stride_k = r.get<int64_t>();
+  p.v_stride_b = r.get<int64_t>();
+  p.v_stride_h = r.get<int64_t>();
+  p.v_stride_k = r.get<int64_t>();
+  p.y_stride_b = r.get<int64_t>();
+  p.y_stride_h = r.get<int64_t>();
+  p.stream = reinterpret_cast<void*>(static_cast<uintptr_t>(r.get<uint64_t>()));
+  in.struct_size = r.get<uint64_t>();
+  in.raw_index = r.get<int32_t>();
+  // The extension fields: raw too, unless the mode asks for the plain decode.
+  fd_decode_params ext;
+  std::memset(&ext, 0, sizeof(ext));
+  ext.lse = static_cast<float*>(const_cast<void*>(ptr_of(r.get<uint64_t>(), m)));
+  ext.lse_stride_b = r.get<int64_t>();
+  ext.lse_stride_h = r.get<int64_t>();
+  ext.seq_lens = static_cast<const int32_t*>(ptr_of(r.get<uint64_t>(), m));
+  ext.block_table = static_cast<const int32_t*>(ptr_of(r.get<uint64_t>(), m));
+  ext.block_table_stride_b = r.get<int64_t>();
+  ext.page_size = r.get<int32_t>();
+  ext.window_size = r.get<int32_t>();
+  ext.sinks = static_cast<const float*>(ptr_of(r.get<uint64_t>(), m));
+  ext.alibi_slopes = static_cast<const float*>(ptr_of(r.get<uint64_t>(), m));
+  ext.logits_soft_cap = r.get<float>();
+  ext.kv_dtype = r.get<int32_t>();
+  ext.k_scale = r.get<float>();
+  ext.v_scale = r.get<float>();
+  if (!(m & kExtensionsZero)) {
+    p.lse = ext.lse;
+    p.lse_stride_b = ext.lse_stride_b;
+    p.lse_stride_h = ext.lse_stride_h;
+    p.seq_lens = ext.seq_lens;
+    p.block_table = ext.block_table;
+    p.block_table_stride_b = ext.block_table_stride_b;
+    p.page_size = ext.page_size;
+    p.window_size = ext.window_size;
+    p.sinks = ext.sinks;
+    p.alibi_slopes = ext.alibi_slopes;
+    p.logits_soft_cap = ext.logits_soft_cap;
+    p.kv_dtype = ext.kv_dtype;
+    p.k_scale = ext.k_scale;
+    p.v_scale = ext.v_scale;
+  }
+  in.tail.assign(r.rest(), r.rest() + r.left());
+  return in;
+}
+
+bool status_ok(int st) { return st >= FD_STATUS_SUCCESS && st <= FD_STATUS_CUDA_ERROR; }
+
+// Status invariants every status-returning call obeys here.
+void check_status(int st, const char* what) {
+  FUZZ_CHECK(status_ok(st), "%s returned %d, not an fd_status", what, st);
+  FUZZ_CHECK(st != FD_STATUS_CUDA_ERROR, "%s returned CUDA_ERROR without CUDA", what);
+  const char* msg = fd_last_error_message();
+  FUZZ_CHECK(msg != nullptr, "%s: fd_last_error_message() is NULL", what);
+  FUZZ_CHECK(std::strlen(msg) < 512, "%s: message longer than its buffer", what);
+  if (st != FD_STATUS_SUCCESS)
+    FUZZ_CHECK(msg[0] != '\0', "%s failed with %d and an empty message", what, st);
+  else
+    FUZZ_CHECK(msg[0] == '\0', "%s succeeded but left the message \"%s\"", what, msg);
+  const char* s = fd_status_string(st);
+  FUZZ_CHECK(s != nullptr && std::strcmp(s, "unknown status") != 0, "%s: status string", what);
+}
+
+// The caller's params struct as struct_size says it is: exactly that many bytes
+// (so ASan sees any read past it), the known fields first, then the fuzzer's tail.
+struct ParamsBuffer {
+  std::vector<unsigned char> bytes;
+  const fd_decode_params* get() const {
+    return reinterpret_cast<const fd_decode_params*>(bytes.data());
+  }
+};
+
+constexpr size_t kLibraryStructLimit = size_t{1} << 20;  // problem.cpp refuses beyond
+
+ParamsBuffer params_buffer(const Input& in) {
+  fd_decode_params p = in.p;
+  size_t want = (in.ptr_mode & kStructSizeExact) ? sizeof(p) : static_cast<size_t>(in.struct_size);
+  p.struct_size = want;
+  // A struct_size the library refuses before reading past the field itself gets
+  // only the bytes of the real struct (a read past them is an ASan report).
+  size_t alloc = want;
+  if (want > kLibraryStructLimit + 64) alloc = sizeof(p);
+  if (alloc < sizeof(size_t)) alloc = sizeof(size_t);  // struct_size itself is always there
+  ParamsBuffer b;
+  b.bytes.assign(alloc, 0);
+  std::memcpy(b.bytes.data(), &p, alloc < sizeof(p) ? alloc : sizeof(p));
+  std::memcpy(b.bytes.data(), &want, sizeof(want));
+  if (alloc > sizeof(p) && !in.tail.empty())
+    for (size_t i = sizeof(p), j = 0; i < alloc && j < in.tail.size(); ++i, ++j)
+      b.bytes[i] = in.tail[j];
+  // Trim the vector's spare capacity: ASan must see the exact end.
+  b.bytes.shrink_to_fit();
+  return b;
+}
+
+// The Problem the library builds from these params, when it accepts the struct.
+bool problem_of(const ParamsBuffer& b, fd::Problem* out) {
+  const int st = fd::problem_from_params(b.get(), out);
+  return st == FD_STATUS_SUCCESS;
+}
+
+uint64_t addr(const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); }
+
+// What a launch did, against the problem it was asked for.
+void check_launch(const fd::Problem& p, long launches_before) {
+  const fdfuzz::LaunchRecord& r = fdfuzz::g_launch;
+  FUZZ_CHECK(r.launches == launches_before + 1, "a successful run launched %ld times",
+             r.launches - launches_before);
+  const fd::DecodeParams& d = r.params;
+  FUZZ_CHECK(d.q == p.q && d.k == p.k && d.v == p.v && d.y == p.y && r.stream == p.stream,
+             "pointers or stream changed on the way to the launch");
+  FUZZ_CHECK(d.q != nullptr && d.y != nullptr, "launch with NULL q or y");
+  FUZZ_CHECK(d.k_len == 0 || (d.k != nullptr && d.v != nullptr), "launch with NULL k or v");
+  FUZZ_CHECK(d.batch_size >= 1 && d.num_heads >= 1 && d.num_kv_heads >= 1 && d.k_len >= 0 &&
+                 d.head_dim >= 1 && d.head_dim <= FD_FLASH_DECODING_MAX_HEAD_DIM,
+             "extents B=%d Hq=%d Hkv=%d K=%d D=%d", d.batch_size, d.num_heads, d.num_kv_heads,
+             d.k_len, d.head_dim);
+  FUZZ_CHECK(int64_t{d.group_size} * d.num_kv_heads == d.num_heads, "group size %d",
+             d.group_size);
+  FUZZ_CHECK(std::isfinite(d.scale), "non-finite scale launched");
+  // The cell serves the problem.
+  const int cell = fd::find_kernel_cell(p.dtype, p.head_dim);
+  FUZZ_CHECK(cell >= 0, "launched without a cell");
+  const fd::KernelCell& kc = fd::kernel_cell(cell);
+  FUZZ_CHECK(kc.dtype == p.dtype && kc.head_dim >= p.head_dim, "cell %s for D=%d", kc.name,
+             p.head_dim);
+  // Grid: x = B*Hkv (< 2^31), y = splits, z = head blocks (<= 65535); merge x = B*Hq.
+  FUZZ_CHECK(int64_t{d.batch_size} * d.num_kv_heads <= INT32_MAX, "grid x overflows");
+  FUZZ_CHECK(int64_t{d.batch_size} * d.num_heads <= INT32_MAX, "merge grid x overflows");
+  FUZZ_CHECK(r.head_blocks >= 1 && r.head_blocks <= 65535 &&
+                 int64_t{r.head_blocks} * fd::kMaxGroupPerCta >= d.group_size,
+             "head_blocks = %d for group %d", r.head_blocks, d.group_size);
+  FUZZ_CHECK(d.num_splits >= 1 && d.num_splits <= 65535, "num_splits = %d", d.num_splits);
+  // The splits cover the keys, none of them empty.
+  if (d.k_len == 0) {
+    FUZZ_CHECK(d.num_splits == 1, "k_len 0 with %d splits", d.num_splits);
+  } else {
+    FUZZ_CHECK(d.chunk_len >= 1, "chunk_len = %d", d.chunk_len);
+    const int64_t cover = int64_t{d.num_splits} * d.chunk_len;
+    FUZZ_CHECK(cover >= d.k_len && cover - d.chunk_len < d.k_len,
+               "splits %d x chunk %d for k_len %d", d.num_splits, d.chunk_len, d.k_len);
+  }
+  // The split count stays within what the workspace was sized for.
+  FUZZ_CHECK(d.num_splits <= fd::max_splits(p), "num_splits %d > max_splits %d", d.num_splits,
+             fd::max_splits(p));
+  const size_t sized = fd::workspace_bytes_needed(p);
+  const fd::WorkspaceLayout w = fd::workspace_layout(p, d.num_splits);
+  FUZZ_CHECK(w.bytes <= sized, "launch layout %zu bytes > reported size %zu", w.bytes, sized);
+  FUZZ_CHECK(sized <= p.workspace_bytes, "run accepted %zu workspace bytes for %zu needed",
+             p.workspace_bytes, sized);
+  if (d.cluster_reduce) {
+    const int64_t units = int64_t{d.batch_size} * d.num_kv_heads * r.head_blocks;
+    FUZZ_CHECK(d.num_splits > 1 && d.num_splits <= 16 &&
+                   d.num_splits <= fdfuzz::g_device.max_cluster &&
+                   units <= fdfuzz::g_device.active_clusters && fdfuzz::g_device.cc >= 90 &&
+                   fdfuzz::g_device.clusters_enabled &&
+                   !d.write_partials && !fd::batch_invariant(p) && d.one_cta_per_sm,
+               "cluster of %d (device max %d), write_partials %d", d.num_splits,
+               fdfuzz::g_device.max_cluster, d.write_partials);
+  }
+  if (d.num_splits > 1)
+    FUZZ_CHECK(d.cluster_reduce || d.write_partials, "%d splits but no reduction",
+               d.num_splits);
+  if (fd::batch_invariant(p) && d.k_len > 0)
+    FUZZ_CHECK(d.write_partials && !d.cluster_reduce, "batch-invariant run skips the merge");
+  if (d.write_partials) {
+    FUZZ_CHECK(p.workspace != nullptr && w.bytes > 0, "partials without a workspace");
+    const uint64_t ws = addr(p.workspace), end = ws + w.bytes;  // no wrap: checked below
+    FUZZ_CHECK(end >= ws, "workspace [%p, +%zu) wraps the address space", p.workspace, w.bytes);
+    const uint64_t rows = uint64_t(d.batch_size) * uint64_t(d.num_heads) * uint64_t(d.num_splits);
+    const uint64_t o = addr(d.partial_o), l = addr(d.partial_lse);
+    FUZZ_CHECK(o >= ws && o + rows * uint64_t(kc.head_dim) * 4 <= l && l + rows * 4 <= end,
+               "partials outside the workspace");
+  }
+}
+
+void run_and_compare(const fd::Problem& p, int check_status_value, const char* check_msg,
+                     int run_status, const char* what, long launches_before) {
+  check_status(run_status, what);
+  FUZZ_CHECK(run_status == check_status_value, "%s returned %d, its check %d", what,
+             run_status, check_status_value);
+  FUZZ_CHECK(std::strcmp(fd_last_error_message(), check_msg) == 0,
+             "%s message \"%s\" differs from its check's \"%s\"", what, fd_last_error_message(),
+             check_msg);
+  if (run_status == FD_STATUS_SUCCESS)
+    check_launch(p, launches_before);
+  else
+    FUZZ_CHECK(fdfuzz::g_launch.launches == launches_before, "a refused run launched");
+}
+
+fd::Problem plain_problem(const fd_decode_params& c) {
+  fd::Problem p;
+  p.dtype = c.dtype;
+  p.q = c.q; p.k = c.k; p.v = c.v; p.y = c.y;
+  p.workspace = c.workspace; p.workspace_bytes = c.workspace_bytes;
+  p.batch_size = c.batch_size; p.num_heads = c.num_heads; p.num_kv_heads = c.num_kv_heads;
+  p.k_len = c.k_len; p.head_dim = c.head_dim; p.scale = c.scale;
+  p.q_stride_b = c.q_stride_b; p.q_stride_h = c.q_stride_h;
+  p.k_stride_b = c.k_stride_b; p.k_stride_h = c.k_stride_h; p.k_stride_k = c.k_stride_k;
+  p.v_stride_b = c.v_stride_b; p.v_stride_h = c.v_stride_h; p.v_stride_k = c.v_stride_k;
+  p.y_stride_b = c.y_stride_b; p.y_stride_h = c.y_stride_h;
+  p.stream = c.stream;
+  return p;
+}
+
+// Both size functions on the extents of c.
+void check_sizes(const fd_decode_params& c) {
+  const size_t plain = fd_flash_decoding_workspace_size(c.batch_size, c.num_heads,
+                                                        c.num_kv_heads, c.k_len, c.head_dim);
+  const bool plain_failed = fd_last_error_message()[0] != '\0';
+  const int problem = fd_flash_decoding_check_problem(FD_DTYPE_F16, c.batch_size, c.num_heads,
+                                                      c.num_kv_heads, c.k_len, c.head_dim, 1.f);
+  check_status(problem, "fd_flash_decoding_check_problem(f16, scale 1)");
+  FUZZ_CHECK(plain_failed == (problem != FD_STATUS_SUCCESS),
+             "workspace_size failed=%d but check_problem=%d", plain_failed, problem);
+  if (problem != FD_STATUS_SUCCESS) {
+    FUZZ_CHECK(plain == 0, "workspace_size %zu for a refused problem", plain);
+  }
+  fd_decode_params q;
+  std::memset(&q, 0, sizeof(q));
+  q.struct_size = sizeof(q);
+  q.dtype = FD_DTYPE_BF16;
+  q.batch_size = c.batch_size; q.num_heads = c.num_heads; q.num_kv_heads = c.num_kv_heads;
+  q.k_len = c.k_len; q.head_dim = c.head_dim; q.scale = 0.5f;
+  size_t bytes = 0x5a5a;
+  const int st = fd_decode_workspace_size(&q, &bytes);
+  check_status(st, "fd_decode_workspace_size(plain extents)");
+  FUZZ_CHECK(st == problem, "fd_decode_workspace_size %d vs check_problem %d", st, problem);
+  if (st == FD_STATUS_SUCCESS)
+    FUZZ_CHECK(bytes == plain, "sizes differ: plain %zu, params %zu", plain, bytes);
+  else
+    FUZZ_CHECK(bytes == 0x5a5a, "fd_decode_workspace_size wrote *bytes on failure");
+  // The batch-invariant size is never below what its split count needs.
+  q.flags = FD_FLAG_BATCH_INVARIANT;
+  bytes = 0;
+  if (fd_decode_workspace_size(&q, &bytes) == FD_STATUS_SUCCESS) {
+    FUZZ_CHECK(c.k_len == 0 || bytes > 0, "batch-invariant needs a workspace for k_len %d",
+               c.k_len);
+  } else {
+    FUZZ_CHECK(fd_last_error_message()[0] != '\0', "silent batch-invariant refusal");
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const Input in = decode(data, size);
+  const fd_decode_params& c = in.p;
+  const bool null_out = (in.ptr_mode & kNullOut) != 0;
+  std::vector<char> msg(512);
+  auto save_msg = [&] { std::snprintf(msg.data(), msg.size(), "%s", fd_last_error_message()); };
+
+  switch (in.entry) {
+    case kCheckProblem: {
+      const int st = fd_flash_decoding_check_problem(c.dtype, c.batch_size, c.num_heads,
+                                                     c.num_kv_heads, c.k_len, c.head_dim,
+                                                     c.scale);
+      check_status(st, "fd_flash_decoding_check_problem");
+      break;
+    }
+    case kCheck:
+    case kRunF16:
+    case kRunBf16: {
+      const int32_t dtype = in.entry == kRunF16 ? FD_DTYPE_F16
+                            : in.entry == kRunBf16 ? FD_DTYPE_BF16 : c.dtype;
+      const int st = fd_flash_decoding_check(
+          dtype, c.q, c.k, c.v, c.y, c.workspace, c.workspace_bytes, c.batch_size, c.num_heads,
+          c.num_kv_heads, c.k_len, c.head_dim, c.q_stride_b, c.q_stride_h, c.k_stride_b,
+          c.k_stride_h, c.k_stride_k, c.v_stride_b, c.v_stride_h, c.v_stride_k, c.y_stride_b,
+          c.y_stride_h, c.scale);
+      check_status(st, "fd_flash_decoding_check");
+      save_msg();
+      if (dtype != FD_DTYPE_F16 && dtype != FD_DTYPE_BF16) break;
+      fd::Problem p = plain_problem(c);
+      p.dtype = dtype;
+      const long before = fdfuzz::g_launch.launches;
+      auto run = dtype == FD_DTYPE_F16 ? fd_flash_decoding_f16_run : fd_flash_decoding_bf16_run;
+      const int rs = run(c.q, c.k, c.v, c.y, c.workspace, c.workspace_bytes, c.batch_size,
+                         c.num_heads, c.num_kv_heads, c.k_len, c.head_dim, c.q_stride_b,
+                         c.q_stride_h, c.k_stride_b, c.k_stride_h, c.k_stride_k, c.v_stride_b,
+                         c.v_stride_h, c.v_stride_k, c.y_stride_b, c.y_stride_h, c.scale,
+                         c.stream);
+      run_and_compare(p, st, msg.data(), rs, "fd_flash_decoding_<dtype>_run", before);
+      break;
+    }
+    case kWorkspaceSize:
+      check_sizes(c);
+      break;
+    case kDecodeCheck:
+    case kDecode:
+    case kDecodeWorkspaceSize:
+    case kDecodePlan: {
+      const ParamsBuffer b = params_buffer(in);
+      const fd_decode_params* pp = null_out ? nullptr : b.get();
+      if (in.entry == kDecodeWorkspaceSize) {
+        size_t bytes = 0x77;
+        const int st = fd_decode_workspace_size(pp, (in.tail.size() & 1) ? nullptr : &bytes);
+        check_status(st, "fd_decode_workspace_size");
+        fd::Problem p;
+        if (st == FD_STATUS_SUCCESS && pp != nullptr && problem_of(b, &p))
+          FUZZ_CHECK(bytes == fd::workspace_bytes_needed(p), "size %zu", bytes);
+        if (st == FD_STATUS_SUCCESS && p.flags == 0) {
+          const size_t plain = fd_flash_decoding_workspace_size(
+              p.batch_size, p.num_heads, p.num_kv_heads, p.k_len, p.head_dim);
+          FUZZ_CHECK(plain == bytes, "plain size %zu, params size %zu", plain, bytes);
+        }
+        break;
+      }
+      if (in.entry == kDecodePlan) {
+        fd_launch_plan plan;
+        std::memset(&plan, 0, sizeof(plan));
+        const int st = fd_decode_plan(pp, (in.tail.size() & 1) ? nullptr : &plan);
+        check_status(st, "fd_decode_plan");
+        if (st == FD_STATUS_SUCCESS)
+          FUZZ_CHECK(plan.num_splits >= 1 && plan.cluster_size >= 1 &&
+                         plan.cluster_size <= fdfuzz::g_device.max_cluster,
+                     "plan splits %d cluster %d", plan.num_splits, plan.cluster_size);
+        break;
+      }
+      const int st = fd_decode_check(pp);
+      check_status(st, "fd_decode_check");
+      save_msg();
+      fd::Problem p;
+      const bool parsed = pp != nullptr && problem_of(b, &p);
+      const long before = fdfuzz::g_launch.launches;
+      const int rs = fd_decode(pp);
+      if (!parsed) {
+        check_status(rs, "fd_decode");
+        FUZZ_CHECK(rs == st && rs != FD_STATUS_SUCCESS, "unparsed params: check %d, run %d", st,
+                   rs);
+        FUZZ_CHECK(fdfuzz::g_launch.launches == before, "unparsed params launched");
+        break;
+      }
+      run_and_compare(p, st, msg.data(), rs, "fd_decode", before);
+      if (st == FD_STATUS_SUCCESS) {
+        // The plan for the same call matches what was launched.
+        const fd::DecodeParams d = fdfuzz::g_launch.params;
+        fd_launch_plan plan;
+        const int ps = fd_decode_plan(pp, &plan);
+        check_status(ps, "fd_decode_plan");
+        FUZZ_CHECK(ps == FD_STATUS_SUCCESS, "run launched but plan refused");
+        FUZZ_CHECK(plan.num_splits == d.num_splits && plan.chunk_len == d.chunk_len &&
+                       (plan.cluster_size > 1) == (d.cluster_reduce != 0) &&
+                       plan.merge_kernel == d.write_partials,
+                   "plan (%d splits, chunk %d, cluster %d, merge %d) vs launch (%d, %d, %d, %d)",
+                   plan.num_splits, plan.chunk_len, plan.cluster_size, plan.merge_kernel,
+                   d.num_splits, d.chunk_len, d.cluster_reduce, d.write_partials);
+        // And the workspace size query agrees with what the run accepted.
+        size_t bytes = 0;
+        FUZZ_CHECK(fd_decode_workspace_size(pp, &bytes) == FD_STATUS_SUCCESS &&
+                       bytes <= p.workspace_bytes,
+                   "workspace size %zu > accepted %zu", bytes, p.workspace_bytes);
+      }
+      break;
+    }
+    case kCells: {
+      int32_t index = -7;
+      const int st = fd_kernel_cell_find(c.dtype, c.head_dim, null_out ? nullptr : &index);
+      check_status(st, "fd_kernel_cell_find");
+      if (st == FD_STATUS_SUCCESS) {
+        FUZZ_CHECK(index >= 0 && index < fd_kernel_cell_count(), "index %d", index);
+        fd_kernel_cell cell;
+        FUZZ_CHECK(fd_kernel_cell_get(index, &cell) == FD_STATUS_SUCCESS, "get found cell");
+        FUZZ_CHECK(cell.dtype == c.dtype && cell.head_dim >= c.head_dim && cell.name != nullptr,
+                   "cell %d for dtype %d D %d", index, c.dtype, c.head_dim);
+      } else {
+        FUZZ_CHECK(index == -7, "find wrote *index on failure");
+      }
+      fd_kernel_cell cell;
+      std::memset(&cell, 0, sizeof(cell));
+      const int gs = fd_kernel_cell_get(in.raw_index, null_out ? nullptr : &cell);
+      check_status(gs, "fd_kernel_cell_get");
+      if (gs == FD_STATUS_SUCCESS)
+        FUZZ_CHECK(cell.name != nullptr && std::strlen(cell.name) > 0, "cell name");
+      break;
+    }
+    case kMisc: {
+      const char* s = fd_status_string(in.raw_index);
+      FUZZ_CHECK(s != nullptr && s[0] != '\0', "fd_status_string(%d)", in.raw_index);
+      FUZZ_CHECK(fd_get_version() == FD_VERSION, "version");
+      FUZZ_CHECK(fd_compiled_architectures() != nullptr, "architectures");
+      FUZZ_CHECK(fd_kernel_cell_count() > 0, "cell count");
+      check_sizes(c);
+      break;
+    }
+    default:
+      break;
+  }
+  return 0;
+}

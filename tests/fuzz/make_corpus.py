@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of tests/fuzz/fuzz_host.cpp into tests/fuzz/corpus/.
+
+The layout mirrors decode() in fuzz_host.cpp (little-endian; a short input reads
+zeros for what is missing). Run it after changing that layout:
+    python3 tests/fuzz/make_corpus.py
+"""
+import os
+import struct
+
+ENTRY = dict(check_problem=0, check=1, workspace_size=2, run_f16=3, run_bf16=4, decode_check=5,
+             decode=6, decode_workspace_size=7, decode_plan=8, cells=9, misc=10)
+F16, BF16 = 1, 2
+REL, EXACT, NULL_OUT, EXT_ZERO, CLUSTERS = 1, 2, 4, 8, 16
+SIZEOF_PARAMS = 264  # sizeof(fd_decode_params) on LP64; checked by the fuzzer's seeds only
+BASE, REGION = 1 << 40, 1 << 34
+
+
+def seed(entry, *, mode=EXACT | EXT_ZERO, sms=132, cc=90, ctas=1, cluster=8, active=132, dtype=F16, flags=0,
+         ptrs=None, ws_bytes=1 << 30, b=1, hq=8, hkv=8, k=128, d=128, scale=0.125, strides=None,
+         stream=0, struct_size=SIZEOF_PARAMS, index=0, ext=None, tail=b""):
+    if ptrs is None:
+        ptrs = [BASE + i * REGION for i in range(5)]
+    if strides is None:
+        strides = [hq * d, d, hkv * k * d, k * d, d, hkv * k * d, k * d, d, hq * d, d]
+    out = struct.pack("<BBHBBBB", ENTRY[entry], mode, sms - 1, cc - 50, ctas - 1, cluster - 1,
+                      active)
+    out += struct.pack("<iI", dtype, flags)
+    out += struct.pack("<5Q", *ptrs)
+    out += struct.pack("<Q", ws_bytes)
+    out += struct.pack("<5i", b, hq, hkv, k, d)
+    out += struct.pack("<f", scale)
+    out += struct.pack("<10q", *strides)
+    out += struct.pack("<QQi", stream, struct_size, index)
+    e = dict(lse=0, lse_b=0, lse_h=0, seq=0, bt=0, bts=0, page=0, window=0, sinks=0, alibi=0,
+             cap=0.0, kvd=0, ks=0.0, vs=0.0)
+    e.update(ext or {})
+    out += struct.pack("<Qqq", e["lse"], e["lse_b"], e["lse_h"])
+    out += struct.pack("<QQqii", e["seq"], e["bt"], e["bts"], e["page"], e["window"])
+    out += struct.pack("<QQfifF".replace("F", "f"), e["sinks"], e["alibi"], e["cap"], e["kvd"],
+                       e["ks"], e["vs"])
+    return out + tail
+
+
+SEEDS = {
+    "mha_f16_check": seed("check", b=2, hq=8, hkv=8, k=1000, d=128),
+    "gqa_bf16_run": seed("run_bf16", dtype=BF16, b=1, hq=32, hkv=8, k=4096, d=128),
+    "gqa_f16_run_clusters": seed("run_f16", mode=EXACT | EXT_ZERO | CLUSTERS, cluster=16, b=1, hq=32, hkv=8,
+                                 k=4096, d=128),
+    "gqa_f16_run_d72": seed("run_f16", b=7, hq=4, hkv=4, k=257, d=72),
+    "k_len0_decode": seed("decode", b=1, hq=8, hkv=8, k=0, d=128),
+    "batch_invariant_decode": seed("decode", dtype=BF16, flags=1, b=5, hq=32, hkv=8, k=9000),
+    "batch_invariant_k0": seed("decode_check", flags=1, b=2, hq=4, hkv=2, k=0, d=64),
+    "huge_strides": seed("check", b=2, hq=8, hkv=2, k=64, d=64,
+                         strides=[1 << 62, 64, 1 << 61, 1 << 40, 64, 0, 0, 64, 8 * 64, 64]),
+    "stride_overflow": seed("run_f16", b=3, hq=2, hkv=1, k=2,
+                            strides=[2 ** 62, 128, 2 ** 62, 2 ** 62, 2 ** 62, 0, 0, 128, 256, 128]),
+    "overlap_relative": seed("check", mode=REL | EXACT | EXT_ZERO, ptrs=[0x10, 0x100000, 0x200000,
+                                                                         0x40, 0x300000]),
+    "workspace_near_top": seed("run_f16", b=1, hq=32, hkv=8, k=8192,
+                               ptrs=[BASE, BASE + REGION, BASE + 2 * REGION, BASE + 3 * REGION,
+                                     2 ** 64 - 4096]),
+    "struct_size_small": seed("decode_check", mode=EXT_ZERO, struct_size=7),
+    "struct_size_bigger_tail": seed("decode", struct_size=SIZEOF_PARAMS + 16, mode=EXT_ZERO,
+                                    tail=b"\0" * 8 + b"\1"),
+    "extensions_garbage": seed("decode_check", mode=EXACT,
+                               ext=dict(lse=BASE + 6 * REGION, lse_b=8, lse_h=1, window=-3,
+                                        cap=float("nan"), kvd=5, ks=1.0)),
+    "workspace_size_extremes": seed("workspace_size", b=2 ** 31 - 1, hq=2 ** 31 - 1, hkv=1,
+                                    k=2 ** 31 - 1, d=128),
+    "group_huge": seed("check_problem", b=1, hq=2 ** 31 - 1, hkv=1, k=1, d=64),
+    "decode_plan": seed("decode_plan", b=1, hq=32, hkv=8, k=4096),
+    "decode_clusters": seed("decode", mode=EXACT | EXT_ZERO | CLUSTERS, cluster=16, b=2, hq=16, hkv=2,
+                            k=3000, d=64),
+    "cells": seed("cells", dtype=BF16, d=72, index=3),
+    "misc": seed("misc", index=-5, b=3, hq=6, hkv=3, k=129, d=40),
+}
+
+
+def main():
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+    os.makedirs(here, exist_ok=True)
+    for name, data in SEEDS.items():
+        with open(os.path.join(here, name), "wb") as f:
+            f.write(data)
+    print(f"wrote {len(SEEDS)} seeds to {here}")
+
+
+if __name__ == "__main__":
+    main()
