@@ -44,7 +44,6 @@ run_one() {  # run_one <tool> <label> <env...> -- <command...>
   local log="$LOGS/$tool.$label.log"
   local extra=()
   [ "$tool" = racecheck ] && extra+=(--racecheck-report all)
-  [ "$tool" = initcheck ] && extra+=(--track-unused-memory no)
   env "${envs[@]}" "$CS" --tool "$tool" --error-exitcode 1 --print-limit 100 \
       --log-file "$log.tool" "${extra[@]}" "$@" > "$log" 2>&1
   local rc=$?
@@ -53,6 +52,8 @@ run_one() {  # run_one <tool> <label> <env...> -- <command...>
   errors=$(sed -n 's/.*ERROR SUMMARY: \([0-9][0-9]*\) error.*/\1/p' "$log" | tail -1)
   local hazards
   hazards=$(sed -n 's/.*RACECHECK SUMMARY: \([0-9][0-9]*\) hazard.*/\1/p' "$log" | tail -1)
+  # racecheck prints no ERROR SUMMARY; its summary line counts errors itself.
+  [ -z "$errors" ] && errors=$(sed -n 's/.*RACECHECK SUMMARY: .*(\([0-9][0-9]*\) error.*/\1/p' "$log" | tail -1)
   local verdict=ok
   if [ "$rc" != 0 ] || [ -z "$errors" ] || [ "$errors" != 0 ] || { [ -n "$hazards" ] && [ "$hazards" != 0 ]; }; then
     verdict=FAIL; FAILED=1
