@@ -22,16 +22,8 @@ struct DecodeParams {
   float scale;
   float scale_log2;
 
-  // Chunked grid: num_splits CTAs of chunk_len keys per unit. Balanced grid
-  // (balanced != 0): total_atoms atoms of kMinChunk keys, atoms_per_unit per
-  // unit, cut evenly over balanced_ctas CTAs; num_splits is then the workspace
-  // slots per unit (its row stride).
   int32_t num_splits;
   int32_t chunk_len;
-  int32_t balanced;
-  int32_t atoms_per_unit;
-  int64_t total_atoms;
-  int32_t balanced_ctas;
   // num_splits > 1 or merge_always: partials go to the workspace and the merge
   // kernel writes y; else the split kernel writes y itself.
   int32_t write_partials;

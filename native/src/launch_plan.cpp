@@ -35,17 +35,6 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   if (st != FD_STATUS_SUCCESS) return st;
 
   d.split = choose_splits(p, d.dev.num_sms);
-  // The balanced grid unless a tuning knob asks for a chunked one.
-  if (tune_forced_splits() == 0 && !tune_clusters_enabled()) {
-    d.balanced = choose_balanced(p, d.dev.num_sms, d.dev.ctas_per_sm);
-    if (d.balanced.use) {
-      d.split.num_splits = d.balanced.slots;
-      d.split.chunk_len = kMinChunk;
-      d.write_partials = d.balanced.partials;
-      d.one_cta_per_sm = tune_one_cta_per_sm();
-      return FD_STATUS_SUCCESS;
-    }
-  }
   const int forced = tune_forced_splits();
   if (forced > 0 && p.k_len > 0 && !batch_invariant(p)) {
     const int s = forced < max_splits(p) ? forced : max_splits(p);
@@ -92,10 +81,6 @@ DecodeParams make_decode_params(const Problem& p, const LaunchDecision& dec) {
   d.scale_log2 = p.scale * 1.4426950408889634f;
   d.num_splits = dec.split.num_splits;
   d.chunk_len = dec.split.chunk_len;
-  d.balanced = dec.balanced.use ? 1 : 0;
-  d.atoms_per_unit = dec.balanced.atoms_per_unit;
-  d.total_atoms = dec.balanced.total_atoms;
-  d.balanced_ctas = static_cast<int32_t>(dec.balanced.ctas);
   d.cluster_reduce = dec.cluster_reduce ? 1 : 0;
   d.write_partials = dec.write_partials ? 1 : 0;
   d.one_cta_per_sm = dec.one_cta_per_sm ? 1 : 0;
@@ -139,11 +124,6 @@ int plan_problem(const Problem& p, fd_launch_plan* plan) {
   plan->device_cc = dec.dev.cc;
   plan->cluster_size = dec.cluster_reduce ? dec.split.num_splits : 1;
   plan->merge_kernel = dec.write_partials ? 1 : 0;
-  plan->grid_ctas = dec.balanced.use
-                        ? dec.balanced.ctas
-                        : static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p) *
-                              dec.split.num_splits;
-  plan->balanced = dec.balanced.use ? 1 : 0;
   return FD_STATUS_SUCCESS;
 }
 

@@ -29,7 +29,6 @@ struct LaunchDecision {
   bool cluster_reduce = false;  // splits reduce in a thread block cluster
   bool write_partials = false;  // splits go through the workspace to the merge kernel
   bool one_cta_per_sm = false;
-  BalancedChoice balanced;  // balanced.use: the balanced grid, else the chunked one
 };
 
 // Checks (all rules with full_checks, else problem + strides) and decides.

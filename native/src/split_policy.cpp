@@ -1,7 +1,6 @@
 #include "split_policy.h"
 
 #include <algorithm>
-#include <cstdint>
 
 namespace fd {
 namespace {
@@ -27,66 +26,14 @@ int head_dim_bucket(int head_dim) {
   return 0;
 }
 
-namespace {
-
-int64_t units_of(const Problem& p) {
-  return static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
-}
-
-// Most CTAs of a balanced grid of `ctas` that share one unit.
-int balanced_slots_bound(int64_t atoms_per_unit, int64_t total_atoms, int64_t ctas) {
-  const int64_t per_cta = total_atoms / ctas;  // every CTA holds at least this many
-  if (per_cta == 0) return static_cast<int>(atoms_per_unit);
-  return static_cast<int>(std::min<int64_t>(atoms_per_unit, ceil_div(atoms_per_unit, per_cta) + 1));
-}
-
-}  // namespace
-
 int max_splits(const Problem& p) {
   if (p.k_len <= 0) return 1;
   if (batch_invariant(p)) return static_cast<int>(ceil_div(p.k_len, kInvariantChunk));
-  const int64_t units = units_of(p);
-  const int64_t atoms = ceil_div(p.k_len, kMinChunk);
-  // Chunked grids (tuning, clusters): at most kPolicyMaxSplits.
-  int64_t s = std::min<int64_t>(kPolicyMaxSplits, atoms);
+  const int64_t units =
+      static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
+  int64_t s = std::min<int64_t>(kPolicyMaxSplits, ceil_div(p.k_len, kMinChunk));
   s = std::min<int64_t>(s, std::max<int64_t>(1, ceil_div(kMaxSplitCtas, units)));
-  // Balanced grids: the bound only grows with the CTA count, so the largest
-  // grid any GPU gets sizes the workspace.
-  const int64_t total = units * atoms;
-  const int64_t ctas = std::min<int64_t>(total, kMaxBalancedCtas);
-  s = std::max<int64_t>(s, balanced_slots_bound(atoms, total, ctas));
   return static_cast<int>(std::max<int64_t>(s, 1));
-}
-
-BalancedChoice choose_balanced(const Problem& p, int num_sms, int ctas_per_sm) {
-  BalancedChoice c;
-  if (p.k_len <= 0 || batch_invariant(p)) return c;
-  const int64_t units = units_of(p);
-  const int64_t per_unit = ceil_div(p.k_len, kMinChunk);
-  const int64_t total = units * per_unit;
-  // Measured on H100 (docs/RESULTS.md): one CTA per SM streams best while the
-  // units are few; with many units a second CTA per SM covers each CTA's
-  // start-up between units.
-  const int64_t sms = std::max(num_sms, 1);
-  const int64_t per_sm = units >= sms ? std::min(std::max(ctas_per_sm, 1), 2) : 1;
-  const int64_t ctas = std::min({total, per_sm * sms, kMaxBalancedCtas});
-  if (ctas <= 0 || total > INT64_MAX / ctas) return c;  // atom arithmetic must fit
-  c.use = true;
-  c.ctas = ctas;
-  c.total_atoms = total;
-  c.atoms_per_unit = static_cast<int>(per_unit);
-  const int64_t per_cta = total / ctas;
-  const bool even = total % ctas == 0;
-  if (per_unit == 1 || (even && per_cta % per_unit == 0)) {
-    c.slots = 1;  // every CTA holds whole units: no partials
-  } else if (even && per_unit % per_cta == 0) {
-    c.slots = static_cast<int>(per_unit / per_cta);
-    c.partials = true;
-  } else {
-    c.slots = balanced_slots_bound(per_unit, total, ctas);
-    c.partials = true;
-  }
-  return c;
 }
 
 SplitChoice choose_splits(const Problem& p, int num_sms) {

@@ -38,24 +38,8 @@ inline bool batch_invariant(const Problem& p) {
   return (p.flags & FD_FLAG_BATCH_INVARIANT) != 0;
 }
 
-// Upper bound of num_splits (workspace slots per unit) over every GPU.
+// Upper bound of num_splits over every GPU. 1 means the single-kernel path only.
 int max_splits(const Problem& p);
-
-// The balanced grid: the units' kMinChunk-key atoms laid end to end and cut
-// into `ctas` equal ranges, one CTA each (see decode_split.cuh).
-constexpr int64_t kMaxBalancedCtas = 2 * kMaxSplitCtas;
-
-struct BalancedChoice {
-  bool use = false;
-  int64_t ctas = 0;
-  int64_t total_atoms = 0;
-  int atoms_per_unit = 0;
-  int slots = 1;          // most CTAs that cut one unit: workspace slots per unit
-  bool partials = false;  // some unit is cut: the merge kernel runs
-};
-
-// Balanced grid for a GPU of num_sms SMs holding ctas_per_sm split CTAs each.
-BalancedChoice choose_balanced(const Problem& p, int num_sms, int ctas_per_sm);
 
 struct SplitChoice {
   int num_splits = 1;  // 1: the split kernel writes y itself

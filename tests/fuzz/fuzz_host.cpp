@@ -21,7 +21,6 @@
 //
 // Input layout (little-endian, missing bytes read as zero): see Reader and
 // decode() below; tests/fuzz/make_corpus.py writes seeds in this layout.
-#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -272,28 +271,8 @@ void check_launch(const fd::Problem& p, long launches_before) {
                  int64_t{r.head_blocks} * fd::kMaxGroupPerCta >= d.group_size,
              "head_blocks = %d for group %d", r.head_blocks, d.group_size);
   FUZZ_CHECK(d.num_splits >= 1 && d.num_splits <= 65535, "num_splits = %d", d.num_splits);
-  if (d.balanced) {
-    // Balanced grid: atoms of kMinChunk keys cover each unit, the CTA ranges
-    // cover all atoms, and the workspace slots hold every CTA that cuts a unit.
-    const int64_t units = int64_t{d.batch_size} * d.num_kv_heads * r.head_blocks;
-    const int64_t A = d.atoms_per_unit, N = d.total_atoms, G = d.balanced_ctas;
-    FUZZ_CHECK(d.k_len > 0 && A * fd::kMinChunk >= d.k_len && (A - 1) * fd::kMinChunk < d.k_len,
-               "%lld atoms for k_len %d", (long long)A, d.k_len);
-    FUZZ_CHECK(N == units * A && G >= 1 && G <= N && G <= fd::kMaxBalancedCtas &&
-                   N <= INT64_MAX / G,
-               "balanced grid: %lld atoms over %lld CTAs", (long long)N, (long long)G);
-    if (units <= 4096) {
-      auto cta_of = [&](int64_t a) { return ((a + 1) * G - 1) / N; };
-      int64_t most = 1;
-      for (int64_t u = 0; u < units; ++u)
-        most = std::max<int64_t>(most, cta_of((u + 1) * A - 1) - cta_of(u * A) + 1);
-      FUZZ_CHECK(most <= d.num_splits, "a unit is cut by %lld CTAs, %d slots",
-                 (long long)most, d.num_splits);
-      // A cut unit needs the merge (a merge with nothing cut only costs a launch).
-      FUZZ_CHECK(most == 1 || d.write_partials != 0, "cut units %lld, write_partials %d",
-                 (long long)most, d.write_partials);
-    }
-  } else if (d.k_len == 0) {
+  // The splits cover the keys, none of them empty.
+  if (d.k_len == 0) {
     FUZZ_CHECK(d.num_splits == 1, "k_len 0 with %d splits", d.num_splits);
   } else {
     FUZZ_CHECK(d.chunk_len >= 1, "chunk_len = %d", d.chunk_len);
@@ -319,7 +298,7 @@ void check_launch(const fd::Problem& p, long launches_before) {
                "cluster of %d (device max %d), write_partials %d", d.num_splits,
                fdfuzz::g_device.max_cluster, d.write_partials);
   }
-  if (d.num_splits > 1 && !d.balanced)
+  if (d.num_splits > 1)
     FUZZ_CHECK(d.cluster_reduce || d.write_partials, "%d splits but no reduction",
                d.num_splits);
   if (fd::batch_invariant(p) && d.k_len > 0)

@@ -257,8 +257,6 @@ typedef struct fd_launch_plan {
   int32_t device_cc;       /* major*10 + minor */
   int32_t cluster_size;    /* >1: the splits reduce on chip in one thread block cluster */
   int32_t merge_kernel;    /* 1: partials go through the workspace to a merge kernel */
-  int32_t balanced;        /* 1: K/V cut evenly over grid_ctas CTAs across units */
-  int64_t grid_ctas;       /* CTAs of the split kernel */
 } fd_launch_plan;
 
 FD_API int fd_decode_plan(const fd_decode_params* params, fd_launch_plan* plan);

@@ -99,13 +99,9 @@ __device__ __forceinline__ uint32_t pack_bits(T lo, T hi) {
   return static_cast<uint32_t>(a) | (static_cast<uint32_t>(b) << 16);
 }
 
-// One segment of work: keys [seg_begin, seg_end) of the unit (b, kvh, head
-// block hb). slot >= 0: its partial state goes to that workspace slot; -1: it
-// is the whole unit and writes y (or joins the cluster reduction).
 template <typename T, int DPAD, bool VEC, int STAGES>
-__device__ __forceinline__ void decode_segment(const DecodeParams& p, unsigned char* smem_raw,
-                                               int b, int kvh, int hb, int seg_begin,
-                                               int seg_end, int slot) {
+__global__ void __launch_bounds__(kThreadsPerCta)
+    decode_split_kernel(const DecodeParams p) {
   using Mma = ptx::Mma<T>;
   using S = SplitSmem<DPAD>;
   constexpr int RS = S::kRowStride;
@@ -114,17 +110,28 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, unsigned c
   static_assert(DPAD % 16 == 0, "head_dim buckets are multiples of 16");
   static_assert(STAGES >= 2 || !VEC, "the cp.async ring needs two stages");
 
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
+
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int gid = lane >> 2, tid = lane & 3;  // mma fragment row group / column pair
-  const int hq0 = kvh * p.group_size + hb * kMaxGroupPerCta;
-  const int nh = min(kMaxGroupPerCta, p.group_size - hb * kMaxGroupPerCta);
+  const int b = blockIdx.x / p.num_kv_heads;
+  const int kvh = blockIdx.x - b * p.num_kv_heads;
+  const int split = blockIdx.y;
+  const int hq0 = kvh * p.group_size + blockIdx.z * kMaxGroupPerCta;
+  const int nh = min(kMaxGroupPerCta, p.group_size - static_cast<int>(blockIdx.z) * kMaxGroupPerCta);
+
+  // Inputs may be produced by the previous kernel in the stream (PDL); the
+  // merge may be scheduled as soon as every CTA of this grid is running.
+  ptx::grid_dependency_wait();
+  ptx::launch_dependents();
 
   int seq_len = p.k_len;
   if (p.seq_lens != nullptr) seq_len = min(max(p.seq_lens[b], 0), p.k_len);
   const int lo = p.window_size > 0 ? max(0, seq_len - p.window_size) : 0;
-  const int key_begin = max(seg_begin, lo);
-  const int key_end = min(seg_end, seq_len);
+  const int chunk0 = split * p.chunk_len;
+  const int key_begin = max(chunk0, lo);
+  const int key_end = min(chunk0 + p.chunk_len, seq_len);
   const int n_tiles = key_end > key_begin ? (key_end - key_begin + kTileKeys - 1) / kTileKeys : 0;
   const int my_tiles = n_tiles > warp ? (n_tiles - warp + kWarpsPerCta - 1) / kWarpsPerCta : 0;
 
@@ -325,8 +332,8 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, unsigned c
       acc += sm_o[(w * kMaxGroupPerCta + row) * DPAD + col];
     }
     const int h = hq0 + row;
-    if (slot >= 0) {
-      const int64_t prow = (row_base + h) * p.num_splits + slot;
+    if (p.write_partials) {
+      const int64_t prow = (row_base + h) * p.num_splits + split;
       p.partial_o[prow * DPAD + col] = lsum > 0.f ? acc / lsum : 0.f;
       if (col == 0) p.partial_lse[prow] = lsum > 0.f ? mall + log2f(lsum) : -INFINITY;
     } else if (p.cluster_reduce) {
@@ -366,55 +373,6 @@ __device__ __forceinline__ void decode_segment(const DecodeParams& p, unsigned c
       write_output<T>(p, b, hq0 + row, col, mall, lsum, acc);
     }
     cluster.sync();  // no CTA leaves while another still reads its shared memory
-  }
-}
-
-// First CTA of a balanced grid of `ctas` whose atom range holds atom a, the
-// range of CTA c being [c * atoms / ctas, (c + 1) * atoms / ctas).
-__device__ __forceinline__ int64_t cta_of_atom(int64_t a, int64_t atoms, int64_t ctas) {
-  return ((a + 1) * ctas - 1) / atoms;
-}
-
-// Chunked grid (B*H_kv, splits, head blocks): CTA = one split of one unit.
-// Balanced grid (ctas): the units' atoms (kMinChunk keys) laid end to end and
-// cut into equal ranges, one per CTA, so every SM streams the same bytes; a
-// unit cut by a range boundary leaves partials for the merge kernel.
-template <typename T, int DPAD, bool VEC, int STAGES>
-__global__ void __launch_bounds__(kThreadsPerCta) decode_split_kernel(const DecodeParams p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  // Inputs may be produced by the previous kernel in the stream (PDL); the
-  // merge may be scheduled as soon as every CTA of this grid is running.
-  ptx::grid_dependency_wait();
-  ptx::launch_dependents();
-  const int hblocks = (p.group_size + kMaxGroupPerCta - 1) / kMaxGroupPerCta;
-  if (!p.balanced) {
-    const int b = blockIdx.x / p.num_kv_heads;
-    const int kvh = blockIdx.x - b * p.num_kv_heads;
-    const int split = blockIdx.y;
-    const int64_t begin = static_cast<int64_t>(split) * p.chunk_len;
-    const int64_t end = min(begin + p.chunk_len, static_cast<int64_t>(p.k_len));
-    decode_segment<T, DPAD, VEC, STAGES>(p, smem_raw, b, kvh, blockIdx.z, static_cast<int>(begin),
-                                         static_cast<int>(end), p.write_partials ? split : -1);
-    return;
-  }
-  const int64_t atoms = p.total_atoms, ctas = gridDim.x, c = blockIdx.x;
-  const int64_t per_unit = p.atoms_per_unit;
-  const int64_t a0 = c * atoms / ctas, a1 = (c + 1) * atoms / ctas;
-  for (int64_t u = a0 / per_unit; u * per_unit < a1; ++u) {
-    const int64_t s0 = max(a0, u * per_unit) - u * per_unit;
-    const int64_t s1 = min(a1, (u + 1) * per_unit) - u * per_unit;
-    const int64_t first = cta_of_atom(u * per_unit, atoms, ctas);
-    const int64_t last = cta_of_atom((u + 1) * per_unit - 1, atoms, ctas);
-    const int hb = static_cast<int>(u % hblocks);
-    const int64_t bk = u / hblocks;
-    const int b = static_cast<int>(bk / p.num_kv_heads);
-    const int kvh = static_cast<int>(bk - static_cast<int64_t>(b) * p.num_kv_heads);
-    const int64_t k_len = p.k_len;
-    decode_segment<T, DPAD, VEC, STAGES>(p, smem_raw, b, kvh, hb,
-                                         static_cast<int>(min(s0 * kMinChunk, k_len)),
-                                         static_cast<int>(min(s1 * kMinChunk, k_len)),
-                                         first == last ? -1 : static_cast<int>(c - first));
-    __syncthreads();  // the next segment refills the shared memory this one read
   }
 }
 

@@ -117,11 +117,8 @@ template <typename T, int DPAD, bool VEC>
 cudaError_t launch_split(const DecodeParams& p, int head_blocks, bool pdl, cudaStream_t stream) {
   cudaLaunchConfig_t cfg = {};
   cudaLaunchAttribute attr[2];
-  cfg.gridDim = p.balanced ? dim3(static_cast<unsigned>(p.balanced_ctas))
-                          : dim3(static_cast<unsigned>(p.batch_size) *
-                                     static_cast<unsigned>(p.num_kv_heads),
-                                 static_cast<unsigned>(p.num_splits),
-                                 static_cast<unsigned>(head_blocks));
+  cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_kv_heads),
+                     static_cast<unsigned>(p.num_splits), static_cast<unsigned>(head_blocks));
   cfg.blockDim = dim3(kThreadsPerCta);
   cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(p.one_cta_per_sm != 0);
   cfg.stream = stream;

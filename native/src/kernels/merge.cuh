@@ -28,21 +28,9 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(const Decod
   const int64_t row = blockIdx.x;
   const int b = static_cast<int>(row / p.num_heads);
   const int h = static_cast<int>(row - static_cast<int64_t>(b) * p.num_heads);
-  int ns = p.num_splits;  // slots of this row, and its stride in the workspace
-  const float* lse = p.partial_lse + row * p.num_splits;
-  const float* po = p.partial_o + row * p.num_splits * DPAD;
-  if (p.balanced) {  // which CTAs cut this row's unit; a whole unit wrote y itself
-    const int g = p.group_size;
-    const int hblocks = (g + kMaxGroupPerCta - 1) / kMaxGroupPerCta;
-    const int kvh = h / g;
-    const int64_t u = (static_cast<int64_t>(b) * p.num_kv_heads + kvh) * hblocks +
-                      (h - kvh * g) / kMaxGroupPerCta;
-    const int64_t first = cta_of_atom(u * p.atoms_per_unit, p.total_atoms, p.balanced_ctas);
-    const int64_t last =
-        cta_of_atom((u + 1) * p.atoms_per_unit - 1, p.total_atoms, p.balanced_ctas);
-    if (first == last) return;
-    ns = static_cast<int>(last - first + 1);
-  }
+  const int ns = p.num_splits;
+  const float* lse = p.partial_lse + row * ns;
+  const float* po = p.partial_o + row * ns * DPAD;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const bool has_cols = lane * 4 < DPAD;
 
