@@ -6,16 +6,17 @@
 #   - sweep the split count (FD_TUNE_SPLITS) on the default build.
 #   usage: scripts/tune.sh [variants...]   e.g. "w4s3 w4s4 w8s2p256"
 #   (w: warps per CTA, s: cp.async stages, p: L2 prefetch hint bytes, 256
-#    unless given)
+#    unless given; a trailing x: P in one mma instead of hi + lo)
 set -uo pipefail
 out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$root/python${PYTHONPATH:+:$PYTHONPATH}
 variants=${*:-"w4s3 w4s2 w4s4 w8s2 w8s3"}
 for v in $variants; do
-  w=${v#w}; w=${w%%s*}; s=${v#*s}; s=${s%%p*}; pf=256
-  case $v in *p*) pf=${v##*p};; esac
-  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_L2_PREFETCH=$pf"
+  base=${v%x}; splitp=1; [ "$base" != "$v" ] && splitp=0
+  w=${base#w}; w=${w%%s*}; s=${base#*s}; s=${s%%p*}; pf=256
+  case $base in *p*) pf=${base##*p};; esac
+  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_L2_PREFETCH=$pf -DFD_SPLIT_P=$splitp"
   cmake -S . -B "build-$v" -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a \
     "-DCMAKE_CUDA_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" > "$out/build-$v.log" 2>&1 \
     && cmake --build "build-$v" -j16 >> "$out/build-$v.log" 2>&1 || { echo "build $v failed"; tail "$out/build-$v.log"; continue; }

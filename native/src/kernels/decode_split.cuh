@@ -20,6 +20,13 @@ namespace fd {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// P as hi + lo halves in the PV product (see below); FD_SPLIT_P=0 measures
+// what the second mma costs.
+#ifndef FD_SPLIT_P
+#define FD_SPLIT_P 1
+#endif
+constexpr bool kSplitP = FD_SPLIT_P != 0;
+
 template <int DPAD>
 struct SplitSmem {
   static constexpr int kRowStride = DPAD + 8;  // 16-byte pad: ldmatrix rows hit distinct banks
@@ -269,9 +276,11 @@ __global__ void __launch_bounds__(kThreadsPerCta)
       uint32_t vb[4];
       ptx::ldmatrix_x4_trans(vb, sv + (((lane >> 3) & 1) * 8 + (lane & 7)) * RS + np * 16 + (lane >> 4) * 8);
       Mma::run(o[2 * np], a_hi, vb[0], vb[1]);
-      Mma::run(o[2 * np], a_lo, vb[0], vb[1]);
       Mma::run(o[2 * np + 1], a_hi, vb[2], vb[3]);
-      Mma::run(o[2 * np + 1], a_lo, vb[2], vb[3]);
+      if constexpr (kSplitP) {
+        Mma::run(o[2 * np], a_lo, vb[0], vb[1]);
+        Mma::run(o[2 * np + 1], a_lo, vb[2], vb[3]);
+      }
     }
     if constexpr (!VEC) __syncwarp();  // the next synchronous load reuses the slot
   }
