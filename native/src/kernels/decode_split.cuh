@@ -359,6 +359,8 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   // Cluster mode: the num_splits CTAs of one (batch, KV head, head block) are a
   // thread block cluster; they combine their states through distributed shared
   // memory, each CTA finishing a slice of the outputs, ranks in a fixed order.
+  // Clusters exist from sm_90 on; the host never asks for them below that.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (p.cluster_reduce) {
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
@@ -383,6 +385,7 @@ __global__ void __launch_bounds__(kThreadsPerCta)
     }
     cluster.sync();  // no CTA leaves while another still reads its shared memory
   }
+#endif
 }
 
 }  // namespace fd
