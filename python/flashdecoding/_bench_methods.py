@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._bench_stats import METHODS, OURS  # noqa: F401  (one list of names)
+from ._bench_stats import METHODS, OURS, OURS_BATCH_INVARIANT  # noqa: F401  (one list of names)
 
 PAGE_SIZE = 16
 
@@ -109,7 +109,7 @@ def _describe(obj):
     return str(obj)
 
 
-def _prepare_ours(data: ShapeData) -> Prepared:
+def _prepare_ours(data: ShapeData, batch_invariant: bool = False) -> Prepared:
     try:
         import flashdecoding as fd
         api = (fd.FlashDecodingDescriptor, fd.FlashDecodingPlan, fd.FlashDecodingArgs,
@@ -125,7 +125,10 @@ def _prepare_ours(data: ShapeData) -> Prepared:
         scaled = desc.with_scale(data.scale)
         desc = scaled if scaled is not None else desc
     stream = torch.cuda.current_stream().cuda_stream
-    plan = Plan.select(stream, desc)
+    if batch_invariant:
+        plan = Plan.select(stream, desc, fd.PlanPreference.BATCH_INVARIANT)
+    else:
+        plan = Plan.select(stream, desc)
     ws_bytes = int(plan.workspace_size())
     ws_tensor = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device="cuda")
     ws = Workspace.borrowed(ws_tensor) if ws_bytes else Workspace.none()
@@ -256,6 +259,8 @@ def _prepare_flashinfer(data: ShapeData, tensor_cores: bool) -> Prepared:
 def prepare(name: str, data: ShapeData) -> Prepared:
     if name == OURS:
         return _prepare_ours(data)
+    if name == OURS_BATCH_INVARIANT:
+        return _prepare_ours(data, batch_invariant=True)
     if name == "sdpa-flash":
         return _prepare_sdpa(data, "flash")
     if name == "sdpa-cudnn":

@@ -10,8 +10,11 @@ import math
 import statistics
 
 OURS = "flashdecoding"
-# Every method the benchmark knows, ours first, then the peers.
-METHODS = (OURS, "sdpa-flash", "sdpa-cudnn", "fi-cc", "fi-tc")
+# Ours with PlanPreference.BATCH_INVARIANT: shown for its cost, never a peer.
+OURS_BATCH_INVARIANT = "flashdecoding-bi"
+OURS_ALL = (OURS, OURS_BATCH_INVARIANT)
+# Every method the benchmark knows: ours, the peers, then ours batch-invariant.
+METHODS = (OURS, "sdpa-flash", "sdpa-cudnn", "fi-cc", "fi-tc", OURS_BATCH_INVARIANT)
 FLASHINFER_METHODS = ("fi-cc", "fi-tc")
 
 # PERF.md's bar.
@@ -47,7 +50,7 @@ def best_peer(results: dict, ours: str = OURS):
     """(method, result) of the fastest peer that ran ok, or (None, None)."""
     best = (None, None)
     for name, res in results.items():
-        if name == ours or not _ok(res):
+        if name == ours or name in OURS_ALL or not _ok(res):
             continue
         if best[1] is None or res["us"] < best[1]["us"]:
             best = (name, res)

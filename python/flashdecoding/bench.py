@@ -55,7 +55,7 @@ def _methods_arg(text):
         if part == "all":
             names.extend(st.METHODS)
         elif part == "peers":
-            names.extend(m for m in st.METHODS if m != st.OURS)
+            names.extend(m for m in st.METHODS if m not in st.OURS_ALL)
         elif part in ("ours", "fd"):
             names.append(st.OURS)
         elif part in st.METHODS:
@@ -157,7 +157,7 @@ def _run_method(name, data, refs, n_calls, args, ceiling_gbps, nbytes, gpu, mt):
             out = prep.calls[r]()
             gpu.sync()
             errs.append(gpu.rel_err(out, ref))
-        if name == st.OURS and prep.poison is not None:
+        if name in st.OURS_ALL and prep.poison is not None:
             prep.poison()
             first = prep.calls[0]().clone()
             prep.poison()
