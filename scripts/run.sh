@@ -6,6 +6,7 @@
 # Arguments go to `flashdecoding run` (e.g. --batch 16 --k-len 8192 --dtype f16).
 # FD_CUDA_ARCHITECTURES=90a builds for one architecture only (faster).
 set -euo pipefail
+RUN_ARGS=("$@")  # kept aside: the loop below reuses the positional parameters
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${FD_VENV:-$ROOT/.venv}
@@ -25,4 +26,4 @@ if [ -n "${FD_CUDA_ARCHITECTURES:-}" ]; then
 fi
 "$VPY" -m pip install "${PIP_ARGS[@]}" .
 "$VPY" -m flashdecoding info
-exec "$VPY" -m flashdecoding run "$@"
+exec "$VPY" -m flashdecoding run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"}
