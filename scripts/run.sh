@@ -6,24 +6,19 @@
 # Arguments go to `flashdecoding run` (e.g. --batch 16 --k-len 8192 --dtype f16).
 # FD_CUDA_ARCHITECTURES=90a builds for one architecture only (faster).
 set -euo pipefail
-RUN_ARGS=("$@")  # kept aside: the loop below reuses the positional parameters
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-VENV=${FD_VENV:-$ROOT/.venv}
-PY=${PYTHON:-python3}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
-
-[ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"
-VPY="$VENV/bin/python"
-for req in "numpy numpy>=1.22" "ml_dtypes ml_dtypes>=0.2" "cuda.bindings cuda-python>=12.0" \
-           "scikit_build_core scikit-build-core>=0.10"; do
-  set -- $req
-  "$VPY" -c "import $1" >/dev/null 2>&1 || "$VPY" -m pip install --quiet "$2"
-done
+FD_PY_NEEDS="numpy ml_dtypes cuda.bindings scikit_build_core"
+. "$ROOT/scripts/_python_env.sh"
+fd_need numpy "numpy>=1.22"
+fd_need ml_dtypes "ml_dtypes>=0.2"
+fd_need cuda.bindings "cuda-python>=12.0"
+fd_need scikit_build_core "scikit-build-core>=0.10"
 PIP_ARGS=(--no-build-isolation --no-deps --quiet -C build-dir=build/wheel)
 if [ -n "${FD_CUDA_ARCHITECTURES:-}" ]; then
   PIP_ARGS+=(-C cmake.define.CMAKE_CUDA_ARCHITECTURES="$FD_CUDA_ARCHITECTURES")
 fi
 "$VPY" -m pip install "${PIP_ARGS[@]}" .
 "$VPY" -m flashdecoding info
-exec "$VPY" -m flashdecoding run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"}
+exec "$VPY" -m flashdecoding run "$@"

@@ -5,46 +5,27 @@
 # skip with a reason otherwise.
 #
 # Environment:
-#   PYTHON                  interpreter for the venv (default: python3)
+#   PYTHON                  interpreter (default: python3); used as it is when it
+#                           already has every dependency, else a venv is made from it
 #   FD_CUDA_ARCHITECTURES   e.g. 90a: passed as CMAKE_CUDA_ARCHITECTURES (default: the
 #                           project's list, the one users get)
-#   FD_VENV                 venv directory (default: .venv)
+#   FD_VENV                 venv directory (default: .venv; setting it forces the venv)
 #   FD_FUZZ_SECONDS         seconds of libFuzzer on the C ABI's host side (default 60;
 #                           0 skips it); scripts/fuzz.sh installs clang if needed
 # Arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-VENV=${FD_VENV:-$ROOT/.venv}
-PY=${PYTHON:-python3}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
-
-say() { printf '== %s\n' "$*"; }
-
-if [ ! -x "$VENV/bin/python" ]; then
-  say "creating $VENV"
-  # System packages stay visible (torch/cupy on the GPU machine, which has no registry).
-  "$PY" -m venv --system-site-packages "$VENV"
-fi
-VPY="$VENV/bin/python"
-
-# Installs only what is missing, so an offline machine with the packages works.
-need() {  # need <import name> <pip requirement> [optional]
-  if "$VPY" -c "import $1" >/dev/null 2>&1; then return 0; fi
-  say "installing $2"
-  # few retries and a short timeout: an offline machine falls through quickly
-  if ! "$VPY" -m pip install --quiet --retries 1 --timeout 15 "$2"; then
-    if [ "${3:-}" = optional ]; then say "could not install $2 (optional, continuing)"; return 1; fi
-    echo "error: cannot install $2" >&2; exit 1
-  fi
-}
-need numpy "numpy>=1.22"
-need ml_dtypes "ml_dtypes>=0.2"
-need pytest "pytest>=7"
-need hypothesis "hypothesis>=6"
-need cuda.bindings "cuda-python>=12.0" optional || true
+FD_PY_NEEDS="numpy ml_dtypes pytest hypothesis cuda.bindings scikit_build_core"
+. "$ROOT/scripts/_python_env.sh"
+fd_need numpy "numpy>=1.22"
+fd_need ml_dtypes "ml_dtypes>=0.2"
+fd_need pytest "pytest>=7"
+fd_need hypothesis "hypothesis>=6"
+fd_need cuda.bindings "cuda-python>=12.0" optional || true
 HAVE_SKBUILD=1
-need scikit_build_core "scikit-build-core>=0.10" optional || HAVE_SKBUILD=0
+fd_need scikit_build_core "scikit-build-core>=0.10" optional || HAVE_SKBUILD=0
 
 CMAKE_ARGS=(-DFD_BUILD_TESTS=ON)
 if [ -n "${FD_CUDA_ARCHITECTURES:-}" ]; then
