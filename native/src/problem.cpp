@@ -60,12 +60,13 @@ bool rows_disjoint(int64_t e0, int64_t s0, int64_t e1, int64_t s1, int64_t row) 
   return true;
 }
 
-// [ptr, ptr + bytes) runs past the end of the address space.
+// [ptr, ptr + bytes) runs past the end of the address space (ending exactly at
+// 2^64 is still inside: the last byte is ptr + bytes - 1).
 bool range_wraps(const void* ptr, int64_t bytes) {
-  uintptr_t end;
+  uintptr_t last;
   return ptr != nullptr && bytes > 0 &&
-         __builtin_add_overflow(reinterpret_cast<uintptr_t>(ptr), static_cast<uintptr_t>(bytes),
-                                &end);
+         __builtin_add_overflow(reinterpret_cast<uintptr_t>(ptr),
+                                static_cast<uintptr_t>(bytes) - 1, &last);
 }
 
 bool ranges_overlap(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {

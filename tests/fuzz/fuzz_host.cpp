@@ -305,11 +305,13 @@ void check_launch(const fd::Problem& p, long launches_before) {
     FUZZ_CHECK(d.write_partials && !d.cluster_reduce, "batch-invariant run skips the merge");
   if (d.write_partials) {
     FUZZ_CHECK(p.workspace != nullptr && w.bytes > 0, "partials without a workspace");
-    const uint64_t ws = addr(p.workspace), end = ws + w.bytes;  // no wrap: checked below
-    FUZZ_CHECK(end >= ws, "workspace [%p, +%zu) wraps the address space", p.workspace, w.bytes);
+    // Inclusive last bytes: a workspace may end exactly at 2^64.
+    const uint64_t ws = addr(p.workspace), last = ws + (w.bytes - 1);
+    FUZZ_CHECK(last >= ws, "workspace [%p, +%zu) wraps the address space", p.workspace, w.bytes);
     const uint64_t rows = uint64_t(d.batch_size) * uint64_t(d.num_heads) * uint64_t(d.num_splits);
     const uint64_t o = addr(d.partial_o), l = addr(d.partial_lse);
-    FUZZ_CHECK(o >= ws && o + rows * uint64_t(kc.head_dim) * 4 <= l && l + rows * 4 <= end,
+    FUZZ_CHECK(o >= ws && o + (rows * uint64_t(kc.head_dim) * 4 - 1) < l &&
+                   l + (rows * 4 - 1) <= last,
                "partials outside the workspace");
   }
 }

@@ -288,7 +288,8 @@ def test_refused_run_leaves_every_buffer_unchanged(problem, defect, seed):
     elif defect == "workspace_overlaps_y":
         ws_ptr = (ptr["y"] - 2 * slack + 15) // 16 * 16
     elif defect == "y_past_end_of_address_space":
-        ptr["y"] = TOP - 16
+        # two bytes past the end whatever y's span (ending exactly at 2^64 is legal)
+        ptr["y"] = TOP - span_bytes(shapes["y"], strides["y"]) + 2
     args = fd.FlashDecodingArgs(*(fd.TensorRef(ptr[n], shapes[n], strides[n], dtype=element)
                                   for n in "qkv"),
                                 fd.TensorMut(ptr["y"], shapes["y"], strides["y"], dtype=element))
@@ -308,3 +309,15 @@ def test_refused_run_leaves_every_buffer_unchanged(problem, defect, seed):
     plan.run(None, fd.Workspace(bufs["ws"].ptr, needed), good)
     synchronize()
     assert not np.array_equal(bufs["y"].to_numpy().view(np.uint8), host["y"].view(np.uint8))
+
+
+def test_a_range_ending_exactly_at_the_end_of_the_address_space_is_not_past_it():
+    """[2^64 - 16, 2^64) is inside the address space; one byte more is not."""
+    desc = fd.FlashDecodingDescriptor.new_gqa(1, 4, 2, 0, 1, fd.ElementKind.F16)
+    lib = _native.lib()
+    def check(q_ptr):
+        return lib.fd_flash_decoding_check(1, q_ptr, 0, 0, 1 << 40, 0, 0, 1, 4, 2, 0, 1,
+                                           4, 1, 0, 0, 0, 0, 0, 0, 4, 1, desc.scale)
+    assert check(TOP - 4 * 2) == 0          # q: 4 heads x 1 element x 2 bytes, ends at 2^64
+    assert check(TOP - 4 * 2 + 2) == 4      # one element further: INVALID_POINTER
+    assert "past the end of the address space" in _native.lib().fd_last_error_message().decode()
