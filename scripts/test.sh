@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs every test: builds and installs the package
 # (which builds libflashdecoding.so through CMake) into .venv, runs the C tests
-# (ctest) and the Python tests (pytest). GPU tests run when a GPU is present and
+# (ctest), the Python tests (pytest), the install smoke test and the fuzzer. GPU tests run when a GPU is present and
 # skip with a reason otherwise.
 #
 # Environment:
@@ -60,6 +60,9 @@ fi
 say "Python tests (pytest)"
 cd "$ROOT"
 PYTHONPATH="$PYPATH" "$VPY" -m pytest -q -rs tests/python "$@"
+
+say "install smoke test (scripts/smoke.sh: cmake --install, pkg-config and find_package consumers)"
+BUILD_DIR="$ROOT/build/smoke" bash "$ROOT/scripts/smoke.sh"
 
 if [ "${FD_FUZZ_SECONDS:-60}" != 0 ]; then
   say "fuzzing the C ABI host side (scripts/fuzz.sh ${FD_FUZZ_SECONDS:-60})"
