@@ -287,6 +287,50 @@ def test_batch_invariant_bits_do_not_depend_on_the_batch(k_len, element):
     assert reference.relative_error(y5.float().cpu().numpy(), ref) <= TOL[element]
 
 
+@gpu
+@pytest.mark.parametrize("element", [fd.ElementKind.F16, fd.ElementKind.BF16],
+                         ids=lambda e: e.short_name)
+def test_batch_invariant_bits_do_not_depend_on_the_other_sequences_lengths(element):
+    """Through fd_decode with per-sequence lengths (seq_lens): sequence 0 (700 keys)
+    gives the same bits alone, and in batches whose other sequences have other
+    lengths (so another padded k_len, another split count)."""
+    torch = _torch()
+    hq, hkv, d, kmax = 8, 2, 128, 9000
+    tdtype = torch.float16 if element == fd.ElementKind.F16 else torch.bfloat16
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q = torch.randn(4, hq, d, device="cuda", generator=g).to(tdtype)
+    k = torch.randn(4, hkv, kmax, d, device="cuda", generator=g).to(tdtype)
+    v = torch.randn(4, hkv, kmax, d, device="cuda", generator=g).to(tdtype)
+    lib = _native.lib()
+
+    def run(batch, lens, k_len):
+        lens_t = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        y = torch.full((batch, hq, d), float("nan"), device="cuda", dtype=tdtype)
+        p = _capi.FdDecodeParams.new()
+        p.dtype, p.flags = int(element), _capi.FD_FLAG_BATCH_INVARIANT
+        p.q, p.k, p.v, p.y = q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr()
+        p.batch_size, p.num_heads, p.num_kv_heads, p.k_len, p.head_dim = batch, hq, hkv, k_len, d
+        p.scale = d ** -0.5
+        p.q_stride_b, p.q_stride_h = q.stride(0), q.stride(1)
+        p.k_stride_b, p.k_stride_h, p.k_stride_k = k.stride(0), k.stride(1), k.stride(2)
+        p.v_stride_b, p.v_stride_h, p.v_stride_k = v.stride(0), v.stride(1), v.stride(2)
+        p.y_stride_b, p.y_stride_h = y.stride(0), y.stride(1)
+        p.seq_lens = ctypes.cast(ctypes.c_void_p(lens_t.data_ptr()), ctypes.POINTER(ctypes.c_int32))
+        need = ctypes.c_size_t(0)
+        assert lib.fd_decode_workspace_size(ctypes.byref(p), ctypes.byref(need)) == 0
+        ws = torch.full((max(need.value, 16),), 0x5A, dtype=torch.uint8, device="cuda")
+        p.workspace, p.workspace_bytes = ws.data_ptr(), need.value
+        st = lib.fd_decode(ctypes.byref(p))
+        assert st == 0, lib.fd_last_error_message().decode()
+        torch.cuda.synchronize()
+        return _bits(torch, y[0]).clone()
+
+    alone = run(1, [700], 700)
+    for lens, k_len in (([700, 1, 9000, 512], 9000), ([700, 3000, 0, 40], 3000),
+                        ([700, 700, 700, 700], 700), ([700, 513, 8000, 2], 8000)):
+        assert torch.equal(run(4, lens, k_len), alone), f"other lengths {lens} changed the bits"
+
+
 # ------------------------------------------------------------------ GPU: concurrency
 
 @gpu
