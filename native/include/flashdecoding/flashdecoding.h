@@ -182,7 +182,8 @@ typedef struct fd_decode_params {
   float* lse;
   int64_t lse_stride_b, lse_stride_h;
 
-  /* Per-sequence lengths (device, int32[B], each in [0, k_len]). */
+  /* Per-sequence lengths (device, int32[B], each in [0, k_len]; being device data
+   * they are not checked on the host: the kernels clamp them into that range). */
   const int32_t* seq_lens;
 
   /* Paged KV: k/v point at the page pool, block_table (device, int32[B][..]). */
