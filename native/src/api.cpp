@@ -1,5 +1,6 @@
 // The C ABI: thin shims that turn each entry point's arguments into a Problem
 // and hand it to the one set of rules (problem.cpp) and one launch path.
+#include <cstddef>
 #include <cstring>
 
 #include "flashdecoding/flashdecoding.h"
@@ -149,7 +150,19 @@ FD_API int fd_decode_plan(const fd_decode_params* params, fd_launch_plan* plan) 
   const int st = fd::problem_from_params(params, &p);
   if (st != FD_STATUS_SUCCESS) return st;
   if (plan == nullptr) return fd::fail(FD_STATUS_INVALID_POINTER, "plan is NULL");
-  return succeed_if_ok(fd::plan_problem(p, plan));
+  const size_t room = plan->struct_size;
+  if (room < offsetof(fd_launch_plan, cell_index) + sizeof(int32_t) || room > (size_t{1} << 20))
+    return fd::fail(FD_STATUS_INVALID_PROBLEM,
+                    "plan->struct_size = %zu is not a fd_launch_plan size (set it to "
+                    "sizeof(fd_launch_plan) = %zu)",
+                    room, sizeof(fd_launch_plan));
+  fd_launch_plan full;
+  std::memset(&full, 0, sizeof(full));
+  const int pst = fd::plan_problem(p, &full);
+  if (pst != FD_STATUS_SUCCESS) return pst;
+  full.struct_size = room;
+  std::memcpy(plan, &full, room < sizeof(full) ? room : sizeof(full));
+  return succeed_if_ok(FD_STATUS_SUCCESS);
 }
 
 FD_API int32_t fd_kernel_cell_count(void) { return fd::kernel_cell_count(); }

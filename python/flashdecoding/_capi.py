@@ -89,11 +89,12 @@ class FdKernelCell(Structure):
 
 
 class FdLaunchPlan(Structure):
-    """typedef struct fd_launch_plan { int32_t cell_index; int32_t num_splits;
+    """typedef struct fd_launch_plan { size_t struct_size; int32_t cell_index; int32_t num_splits;
     int32_t chunk_len; int32_t heads_per_cta; int32_t num_sms; int32_t device_cc;
     int32_t cluster_size; int32_t merge_kernel; }"""
 
     _fields_ = [
+        ("struct_size", c_size_t),
         ("cell_index", c_int32),
         ("num_splits", c_int32),
         ("chunk_len", c_int32),

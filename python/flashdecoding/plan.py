@@ -201,9 +201,10 @@ class FlashDecodingPlan:
         p.k_stride_b = p.v_stride_b = hkv * k_len * d
         p.k_stride_h = p.v_stride_h = k_len * d
         p.k_stride_k = p.v_stride_k = d
-        out = _capi.FdLaunchPlan()
+        out = _capi.FdLaunchPlan(struct_size=ctypes.sizeof(_capi.FdLaunchPlan))
         _native.check(_native.lib().fd_decode_plan(ctypes.byref(p), ctypes.byref(out)))
-        return {name: getattr(out, name) for name, _ in _capi.FdLaunchPlan._fields_}
+        return {name: getattr(out, name) for name, _ in _capi.FdLaunchPlan._fields_
+                if name != "struct_size"}
 
     # ------------------------------------------------------------------ checks
     def _python_checks(self, args: FlashDecodingArgs) -> None:

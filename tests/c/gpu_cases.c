@@ -351,6 +351,7 @@ static void gpu_case(int32_t dtype, const gcase* g) {
     int32_t idx = -1;
     fill_params(&p, dtype, &q, &k, &v, &y, ws, ws_bytes, g, &s, scale, stream);
     memset(&plan, 0, sizeof plan);
+    plan.struct_size = sizeof plan;
     st = fd_decode_plan(&p, &plan);
     if (CHECK(st == FD_STATUS_SUCCESS, "%s: fd_decode_plan = %d: %s", what, st,
               fd_last_error_message())) {

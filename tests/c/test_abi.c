@@ -1008,7 +1008,7 @@ static void test_thread_local_message(void) {
 static void test_no_gpu(void) {
   call_t c = base_call(FD_DTYPE_F16);
   fd_decode_params p;
-  fd_launch_plan plan;
+  fd_launch_plan plan = FD_LAUNCH_PLAN_INIT;
   int s;
   s = do_run(&c);
   expect_status("valid f16 run without a GPU", "fd_flash_decoding_f16_run", s,
@@ -1031,9 +1031,14 @@ static void test_no_gpu(void) {
 static int detect_gpu(void) {
   call_t c = base_call(FD_DTYPE_F16);
   fd_decode_params p;
-  fd_launch_plan plan;
+  fd_launch_plan plan = FD_LAUNCH_PLAN_INIT;
   int s, rt;
   to_params(&c, &p);
+  plan.struct_size = 0; /* not a plan size: refused before any device is asked */
+  s = fd_decode_plan(&p, &plan);
+  expect_status("fd_decode_plan, plan.struct_size=0", "fd_decode_plan", s,
+                FD_STATUS_INVALID_PROBLEM, "struct_size");
+  plan.struct_size = sizeof plan;
   s = fd_decode_plan(&p, &plan);
   CHECK(s == FD_STATUS_SUCCESS || s == FD_STATUS_CUDA_ERROR,
         "fd_decode_plan(valid) = %d (%s), expected SUCCESS (GPU) or CUDA_ERROR (none): \"%s\"", s,

@@ -449,14 +449,31 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       if (in.entry == kDecodePlan) {
+        // Any struct_size, sane or not: the library must refuse it or write
+        // nothing past it (the guard bytes after the struct must stay 0xAB).
+        alignas(fd_launch_plan) unsigned char buf[sizeof(fd_launch_plan) + 64];
+        std::memset(buf, 0xAB, sizeof(buf));
         fd_launch_plan plan;
         std::memset(&plan, 0, sizeof(plan));
-        const int st = fd_decode_plan(pp, (in.tail.size() & 1) ? nullptr : &plan);
+        const size_t room = (in.tail.size() & 2) ? sizeof(plan) : in.tail.size() * 4;
+        plan.struct_size = room;
+        std::memcpy(buf, &plan, sizeof(plan));
+        fd_launch_plan* out = (in.tail.size() & 1) ? nullptr : reinterpret_cast<fd_launch_plan*>(buf);
+        const int st = fd_decode_plan(pp, out);
         check_status(st, "fd_decode_plan");
-        if (st == FD_STATUS_SUCCESS)
-          FUZZ_CHECK(plan.num_splits >= 1 && plan.cluster_size >= 1 &&
-                         plan.cluster_size <= fdfuzz::g_device.max_cluster,
-                     "plan splits %d cluster %d", plan.num_splits, plan.cluster_size);
+        for (size_t i = sizeof(plan); i < sizeof(buf); ++i)
+          FUZZ_CHECK(buf[i] == 0xAB, "fd_decode_plan wrote byte %zu past the struct", i);
+        if (st == FD_STATUS_SUCCESS) {
+          FUZZ_CHECK(room >= sizeof(size_t) + sizeof(int32_t) && room <= (size_t{1} << 20),
+                     "plan accepted struct_size %zu", room);
+          for (size_t i = room; i < sizeof(plan); ++i)
+            FUZZ_CHECK(buf[i] == 0, "fd_decode_plan wrote byte %zu past struct_size %zu", i, room);
+          std::memcpy(&plan, buf, sizeof(plan));
+          if (room >= sizeof(plan))
+            FUZZ_CHECK(plan.num_splits >= 1 && plan.cluster_size >= 1 &&
+                           plan.cluster_size <= fdfuzz::g_device.max_cluster,
+                       "plan splits %d cluster %d", plan.num_splits, plan.cluster_size);
+        }
         break;
       }
       const int st = fd_decode_check(pp);
@@ -477,7 +494,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (st == FD_STATUS_SUCCESS) {
         // The plan for the same call matches what was launched.
         const fd::DecodeParams d = fdfuzz::g_launch.params;
-        fd_launch_plan plan;
+        fd_launch_plan plan{};
+        plan.struct_size = sizeof(plan);
         const int ps = fd_decode_plan(pp, &plan);
         check_status(ps, "fd_decode_plan");
         FUZZ_CHECK(ps == FD_STATUS_SUCCESS, "run launched but plan refused");

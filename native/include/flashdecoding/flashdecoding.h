@@ -210,8 +210,13 @@ typedef struct fd_decode_params {
   float v_scale;
 } fd_decode_params;
 
-/* A zeroed params struct with struct_size set: `fd_decode_params p = FD_DECODE_PARAMS_INIT;` */
-#define FD_DECODE_PARAMS_INIT {sizeof(fd_decode_params)}
+/* A zeroed params struct with struct_size set, in C:
+ *   fd_decode_params p = FD_DECODE_PARAMS_INIT;
+ * (designated, so -Wextra stays quiet). In C++: fd_decode_params p{};
+ * p.struct_size = sizeof p; */
+#ifndef __cplusplus
+#define FD_DECODE_PARAMS_INIT {.struct_size = sizeof(fd_decode_params)}
+#endif
 
 /* Workspace bytes for these params (any GPU). Returns a status; *bytes is
  * written only on success. */
@@ -248,8 +253,11 @@ FD_API int fd_kernel_cell_find(int32_t dtype, int32_t head_dim, int32_t* index);
 FD_API const char* fd_compiled_architectures(void);
 
 /* How a plan would run on the current device: split count and CTAs.
- * Needs a device; FD_STATUS_CUDA_ERROR without one. */
+ * Needs a device; FD_STATUS_CUDA_ERROR without one. Append-only like
+ * fd_decode_params: the caller sets struct_size (FD_LAUNCH_PLAN_INIT does) and
+ * the library writes no byte past it, so an older caller's struct stays safe. */
 typedef struct fd_launch_plan {
+  size_t struct_size;
   int32_t cell_index;
   int32_t num_splits;      /* 1: one kernel writes y; >1: partials + merge */
   int32_t chunk_len;       /* keys per split */
@@ -259,6 +267,10 @@ typedef struct fd_launch_plan {
   int32_t cluster_size;    /* >1: the splits reduce on chip in one thread block cluster */
   int32_t merge_kernel;    /* 1: partials go through the workspace to a merge kernel */
 } fd_launch_plan;
+
+#ifndef __cplusplus
+#define FD_LAUNCH_PLAN_INIT {.struct_size = sizeof(fd_launch_plan)}
+#endif
 
 FD_API int fd_decode_plan(const fd_decode_params* params, fd_launch_plan* plan);
 
