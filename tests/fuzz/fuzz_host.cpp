@@ -330,18 +330,16 @@ void run_and_compare(const fd::Problem& p, int check_status_value, const char* c
     FUZZ_CHECK(fdfuzz::g_launch.launches == launches_before, "a refused run launched");
 }
 
+// The problem a plain run function sees for these fields: the params with every
+// extension off, read by the library's own problem_from_params.
 fd::Problem plain_problem(const fd_decode_params& c) {
+  fd_decode_params plain;
+  std::memset(&plain, 0, sizeof(plain));
+  std::memcpy(&plain, &c, offsetof(fd_decode_params, lse));  // through `stream`
+  plain.struct_size = sizeof(plain);
+  plain.flags = 0;
   fd::Problem p;
-  p.dtype = c.dtype;
-  p.q = c.q; p.k = c.k; p.v = c.v; p.y = c.y;
-  p.workspace = c.workspace; p.workspace_bytes = c.workspace_bytes;
-  p.batch_size = c.batch_size; p.num_heads = c.num_heads; p.num_kv_heads = c.num_kv_heads;
-  p.k_len = c.k_len; p.head_dim = c.head_dim; p.scale = c.scale;
-  p.q_stride_b = c.q_stride_b; p.q_stride_h = c.q_stride_h;
-  p.k_stride_b = c.k_stride_b; p.k_stride_h = c.k_stride_h; p.k_stride_k = c.k_stride_k;
-  p.v_stride_b = c.v_stride_b; p.v_stride_h = c.v_stride_h; p.v_stride_k = c.v_stride_k;
-  p.y_stride_b = c.y_stride_b; p.y_stride_h = c.y_stride_h;
-  p.stream = c.stream;
+  fd::problem_from_params(&plain, &p);
   return p;
 }
 

@@ -15,7 +15,7 @@ import pytest
 
 import flashdecoding as fd
 from flashdecoding import _capi, _native, reference
-from conftest import addr, contiguous, gpu, run_python
+from conftest import addr, gpu, run_python
 
 REPEATS = 1000
 THREADS = 8
@@ -25,6 +25,14 @@ TOL = {fd.ElementKind.F16: 2e-3, fd.ElementKind.BF16: 1e-2}
 
 
 # ------------------------------------------------------------------ helpers
+def _run_threads(worker):
+    """worker(i) for i in range(THREADS), each on its own thread, all joined."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
 
 def _torch():
     torch = pytest.importorskip("torch", reason="PyTorch is not importable")
@@ -157,11 +165,7 @@ def test_last_error_message_is_per_thread():
             errors.append((i, e))
             barrier.abort()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads(worker)
     assert not errors, errors
     assert seen == {i: 199 for i in range(THREADS)}
 
@@ -382,11 +386,7 @@ def test_threads_with_own_stream_plan_workspace_match_a_serial_run():
             errors.append((i, repr(e)))
             barrier.abort()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads(worker)
     assert not errors, errors
     for i in range(THREADS):
         for r, bits in enumerate(results[i]):
