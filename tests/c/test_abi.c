@@ -859,6 +859,41 @@ static void test_params_struct(void) {
     }
   }
 
+  /* Bad values of the supported extension fields: refused, the field named. */
+  {
+    struct { const char* what; int which; int status; const char* name; } bad[] = {
+      {"logits_soft_cap=-1", 0, FD_STATUS_INVALID_PROBLEM, "logits_soft_cap"},
+      {"logits_soft_cap=NaN", 1, FD_STATUS_INVALID_PROBLEM, "logits_soft_cap"},
+      {"lse_stride_b=-1", 2, FD_STATUS_INVALID_PROBLEM, "lse_stride_b"},
+      {"lse_stride_h=0 (heads share one entry)", 3, FD_STATUS_INVALID_PROBLEM, "lse_stride_h"},
+      {"lse misaligned", 4, FD_STATUS_INVALID_POINTER, "lse"},
+      {"lse over y", 5, FD_STATUS_INVALID_POINTER, "lse"},
+      {"sinks misaligned", 6, FD_STATUS_INVALID_POINTER, "sinks"},
+      {"alibi_slopes misaligned", 7, FD_STATUS_INVALID_POINTER, "alibi_slopes"},
+      {"seq_lens misaligned", 8, FD_STATUS_INVALID_POINTER, "seq_lens"},
+    };
+    for (i = 0; i < sizeof bad / sizeof bad[0]; ++i) {
+      to_params(&c, &p);
+      p.lse = (float*)(uintptr_t)0x60000000u;
+      p.lse_stride_b = c.H;
+      p.lse_stride_h = 1;
+      switch (bad[i].which) {
+        case 0: p.logits_soft_cap = -1.0f; break;
+        case 1: p.logits_soft_cap = (float)NAN; break;
+        case 2: p.lse_stride_b = -1; break;
+        case 3: p.lse_stride_h = 0; p.lse_stride_b = 1; break;
+        case 4: p.lse = (float*)(uintptr_t)0x60000002u; break;
+        case 5: p.lse = (float*)p.y; break;
+        case 6: p.sinks = (const float*)(uintptr_t)0x60003002u; break;
+        case 7: p.alibi_slopes = (const float*)(uintptr_t)0x60004002u; break;
+        default: p.seq_lens = (const int32_t*)(uintptr_t)0x60001002u; break;
+      }
+      expect_status(bad[i].what, "fd_decode_check", fd_decode_check(&p), bad[i].status,
+                    bad[i].name);
+      expect_status(bad[i].what, "fd_decode", fd_decode(&p), bad[i].status, bad[i].name);
+    }
+  }
+
   /* The struct goes through the same problem rules. */
   to_params(&c, &p);
   p.num_kv_heads = 5;
