@@ -40,9 +40,6 @@ size_t launch_smem_bytes(bool one_cta_per_sm) {
   return one_cta_per_sm && base < kOneCtaPerSmSmem ? kOneCtaPerSmSmem : base;
 }
 
-// Largest cluster of split CTAs the cluster-reduce path may use.
-constexpr int kMaxClusterSplits = 16;
-
 template <typename T, int DPAD, bool VEC>
 int prepare_split_kernel(int cc, int* ctas_per_sm) {
   auto kernel = split_kernel<T, DPAD, VEC>();
