@@ -34,6 +34,15 @@ struct DecodeParams {
   int32_t one_cta_per_sm;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
+  // With write_partials: no merge kernel. Each CTA counts itself in on its
+  // unit's counter after publishing its partial; the last to arrive merges the
+  // unit's splits in split order (so the bits do not depend on arrival order)
+  // and writes y. The counter holds (call_token << 32) | arrivals: a value with
+  // another token is stale (a fresh or reused workspace) and counts as zero, and
+  // the last CTA leaves (call_token << 32), so graph replays start from zero.
+  int32_t merge_in_split;
+  uint32_t call_token;
+  unsigned long long* split_counters;  // [B * H_kv * head blocks]
 
   // Extensions (off when null / zero / -1).
   float* lse;
