@@ -1,8 +1,6 @@
 #include "launch_plan.h"
 
-#include <atomic>
 #include <cstdint>
-#include <random>
 
 #include "kernel_table.h"
 #include "status.h"
@@ -19,15 +17,6 @@ bool can_vectorise(const Problem& p) {
 }
 
 constexpr int kMaxCluster = 16;
-
-// A fresh token per launch, never 0 (the value of a zeroed workspace), starting
-// at a random point so workspaces shared between processes do not collide.
-uint32_t next_call_token() {
-  static std::atomic<uint32_t> counter{std::random_device{}()};
-  uint32_t t = counter.fetch_add(1, std::memory_order_relaxed);
-  if (t == 0) t = counter.fetch_add(1, std::memory_order_relaxed);
-  return t;
-}
 
 }  // namespace
 
@@ -107,7 +96,6 @@ DecodeParams make_decode_params(const Problem& p, const LaunchDecision& dec) {
     d.partial_lse = reinterpret_cast<float*>(ws + w.partial_lse_offset);
     if (dec.merge_in_split) {
       d.merge_in_split = 1;
-      d.call_token = next_call_token();
       d.split_counters = reinterpret_cast<unsigned long long*>(ws + w.counters_offset);
     }
   }

@@ -1,8 +1,8 @@
 """The merge inside the split kernel: the last CTA of each (batch, KV head)
 merges the splits, counted on per-unit counters in the workspace. What could go
 wrong is the counting: a workspace full of stale counters (garbage, another
-problem's partials, another call's leftovers), graph replays that freeze the
-call token, and two problems of different layouts taking turns on one buffer.
+problem's partials), graph replays after eager calls and the other way round,
+and problems of different layouts taking turns on one buffer.
 Each case is checked against the bits of a run on a zeroed workspace of its own.
 GPU tests; they skip cleanly without a GPU or without PyTorch."""
 from __future__ import annotations
@@ -110,8 +110,8 @@ def test_problems_of_different_layouts_take_turns_on_one_workspace_eager_and_in_
             c.run(None, ws)
             torch.cuda.synchronize()
             assert torch.equal(_bits(torch, c.y), base)
-    # One graph with all three (each call's token frozen at capture), replayed,
-    # with eager runs (fresh tokens) on the same workspace in between.
+    # One graph with all three, replayed, with eager runs on the same workspace
+    # in between.
     graph = torch.cuda.CUDAGraph()
     cs = torch.cuda.Stream()
     cs.wait_stream(torch.cuda.current_stream())

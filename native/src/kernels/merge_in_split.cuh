@@ -26,15 +26,16 @@ __device__ __forceinline__ bool arrive_last(const DecodeParams& p, int unit) {
   __syncthreads();
   if (threadIdx.x == 0) {
     unsigned long long* counter = p.split_counters + unit;
-    const unsigned long long base = static_cast<unsigned long long>(p.call_token) << 32;
+    const unsigned long long base = static_cast<unsigned long long>(kSplitCounterTag) << 32;
     const unsigned ns = static_cast<unsigned>(p.num_splits);
     auto current = [&](unsigned long long c) {  // a count of this call, not a stale value
-      return (c >> 32) == p.call_token && static_cast<unsigned>(c) < ns;
+      return (c >> 32) == kSplitCounterTag && static_cast<unsigned>(c) < ns;
     };
-    // One atomic in the usual case. If the counter held a stale value (another
-    // call's token, or a fresh workspace), this add landed on it; the loop then
-    // restarts the count at this arrival, and every CTA whose add also hit the
-    // stale value goes through the loop too, so each arrival counts once.
+    // One atomic in the usual case (the previous call left tag | 0). If the
+    // counter held a stale value, this add landed on it; the loop then restarts
+    // the count at this arrival, and every CTA whose add also hit the stale
+    // value goes through the loop too, so each arrival counts once. (Only the
+    // first call on a workspace, or after a change of layout, takes the loop.)
     const unsigned long long seen = atomicAdd(counter, 1ull);
     unsigned long long mine = seen + 1;
     if (!current(seen)) {
@@ -48,7 +49,7 @@ __device__ __forceinline__ bool arrive_last(const DecodeParams& p, int unit) {
       }
     }
     const bool last = static_cast<unsigned>(mine) == ns;
-    if (last) atomicExch(counter, base);  // every split is in: zero for the next call or replay
+    if (last) atomicExch(counter, base);  // every split is in: zero for the next call
     is_last = last;
   }
   __syncthreads();
