@@ -3,12 +3,12 @@
 # correctness grid, the Python GPU tests and the benchmark; logs under $OUT, a
 # short table last.
 #   usage: scripts/gpu_check.sh [quick|full] [bench args...]
-#   env:   FD_CHECK_STEPS="build ctest grid grid_cluster grid_mk pytest bench" (subset)
+#   env:   FD_CHECK_STEPS="build ctest grid pytest bench" (subset to run)
 set -uo pipefail
 mode=${1:-quick}; shift || true
 out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
-steps=${FD_CHECK_STEPS:-"build ctest grid grid_cluster grid_mk pytest bench"}
+steps=${FD_CHECK_STEPS:-"build ctest grid grid_cluster pytest bench"}
 export PYTHONUNBUFFERED=1 FLASHDECODING_LIBRARY=$root/build/libflashdecoding.so
 export PYTHONPATH=$root/python:$root/tests/gpu${PYTHONPATH:+:$PYTHONPATH}
 export FD_COMMIT=${FD_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -34,14 +34,12 @@ grid_flag=""; [ "$mode" = quick ] && grid_flag="--quick"
 run_step grid python3 tests/gpu/grid_check.py $grid_flag --json "$out/grid.json"
 # The same grid through the opt-in cluster (DSMEM) reduction instead of the merge kernel.
 run_step grid_cluster env FD_TUNE_CLUSTER=1 python3 tests/gpu/grid_check.py --quick
-# And through the separate merge kernel instead of the merge in the split kernel.
-run_step grid_mk env FD_TUNE_MERGE_KERNEL=1 python3 tests/gpu/grid_check.py --quick
 run_step pytest python3 -m pytest -q -x -p no:cacheprovider tests/python
 bench_flag=""; [ "$mode" = quick ] && bench_flag="--quick"
 run_step bench python3 -m flashdecoding.bench $bench_flag --json "$out/bench.json" --png "$out/bench.png" "$@"
 echo
 echo "== summary ($FD_COMMIT, $(cat "$out/device.txt"))"
-for s in build ctest grid grid_cluster grid_mk pytest bench; do printf '%-8s %s\n' "$s" "${result[$s]:-}"; done
+for s in build ctest grid grid_cluster pytest bench; do printf '%-8s %s\n' "$s" "${result[$s]:-}"; done
 grep -h -E "passed|failed" "$out/grid.log" 2>/dev/null | tail -n 2
 [ -f "$out/bench.log" ] && grep -A 40 -E "^(shape|Shape|#)" "$out/bench.log" | tail -n 40
 exit 0

@@ -6,10 +6,6 @@
 
 namespace fd {
 
-// High word of a counter the library left: a NaN with a payload no float the
-// kernels write has, so partials of another layout never look like a count.
-constexpr uint32_t kSplitCounterTag = 0x7FF1DEC0u;
-
 struct DecodeParams {
   const void* q;
   const void* k;
@@ -38,14 +34,6 @@ struct DecodeParams {
   int32_t one_cta_per_sm;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
-  // With write_partials: no merge kernel. Each CTA counts itself in on its
-  // unit's counter after publishing its partial; the last to arrive merges the
-  // unit's splits in split order (so the bits do not depend on arrival order)
-  // and writes y. A counter reads kSplitCounterTag << 32 | arrivals; any other
-  // high word is stale (a fresh workspace, another layout's partials) and counts
-  // as zero. The last CTA leaves the tag with zero arrivals for the next call.
-  int32_t merge_in_split;
-  unsigned long long* split_counters;  // [B * H_kv * head blocks]
 
   // Extensions (off when null / zero / -1).
   float* lse;

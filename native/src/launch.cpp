@@ -105,9 +105,7 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 // FD_TUNE_SPLITS=n forces n splits (clamped to what the workspace holds);
 // FD_TUNE_CLUSTER=1 reduces splits in a thread block cluster (sm_90) instead of
 // the merge kernel: measured no faster on H100 (docs/RESULTS.md), so opt-in;
-// FD_TUNE_ONE_CTA_PER_SM=1 pads every launch to one CTA per SM;
-// FD_TUNE_MERGE_KERNEL=1 merges splits in a second kernel instead of in the
-// last CTA of each unit (the state before the in-kernel merge).
+// FD_TUNE_ONE_CTA_PER_SM=1 pads every launch to one CTA per SM.
 int tune_forced_splits() {
   static const int n = env_int("FD_TUNE_SPLITS");
   return n;
@@ -120,11 +118,6 @@ bool tune_clusters_enabled() {
 
 bool tune_one_cta_per_sm() {
   static const bool on = env_int("FD_TUNE_ONE_CTA_PER_SM") != 0;
-  return on;
-}
-
-bool tune_merge_kernel() {
-  static const bool on = env_int("FD_TUNE_MERGE_KERNEL") != 0;
   return on;
 }
 

@@ -51,11 +51,6 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
                      s >= 2 && s <= kMaxCluster &&
                      units <= device_active_clusters(d.dev, d.cell, d.vec, s);
   d.write_partials = workspace_layout(p, s).bytes > 0 && !d.cluster_reduce;
-  // The in-kernel merge saves the merge launch and its wait for the whole grid
-  // (docs/RESULTS.md). Batch-invariant mode keeps the merge kernel's fixed
-  // arithmetic for any split count; the in-kernel merge holds <= 16 splits.
-  d.merge_in_split = d.write_partials && !batch_invariant(p) && s <= kPolicyMaxSplits &&
-                     !tune_merge_kernel();
   d.one_cta_per_sm = d.cluster_reduce || tune_one_cta_per_sm();
   return FD_STATUS_SUCCESS;
 }
@@ -94,10 +89,6 @@ DecodeParams make_decode_params(const Problem& p, const LaunchDecision& dec) {
     const uintptr_t ws = reinterpret_cast<uintptr_t>(p.workspace);
     d.partial_o = reinterpret_cast<float*>(ws + w.partial_o_offset);
     d.partial_lse = reinterpret_cast<float*>(ws + w.partial_lse_offset);
-    if (dec.merge_in_split) {
-      d.merge_in_split = 1;
-      d.split_counters = reinterpret_cast<unsigned long long*>(ws + w.counters_offset);
-    }
   }
   d.lse = p.lse;
   d.lse_stride_b = p.lse_stride_b;
@@ -132,8 +123,7 @@ int plan_problem(const Problem& p, fd_launch_plan* plan) {
   plan->num_sms = dec.dev.num_sms;
   plan->device_cc = dec.dev.cc;
   plan->cluster_size = dec.cluster_reduce ? dec.split.num_splits : 1;
-  plan->merge_kernel = dec.write_partials && !dec.merge_in_split ? 1 : 0;
-  plan->merge_in_split = dec.merge_in_split ? 1 : 0;
+  plan->merge_kernel = dec.write_partials ? 1 : 0;
   return FD_STATUS_SUCCESS;
 }
 

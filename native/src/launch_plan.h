@@ -27,8 +27,7 @@ struct LaunchDecision {
   DeviceView dev;
   SplitChoice split;
   bool cluster_reduce = false;  // splits reduce in a thread block cluster
-  bool write_partials = false;  // splits go through the workspace
-  bool merge_in_split = false;  // ... and the last CTA of a unit merges them (no merge kernel)
+  bool write_partials = false;  // splits go through the workspace to the merge kernel
   bool one_cta_per_sm = false;
 };
 
@@ -55,6 +54,5 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 int tune_forced_splits();
 bool tune_clusters_enabled();
 bool tune_one_cta_per_sm();
-bool tune_merge_kernel();
 
 }  // namespace fd

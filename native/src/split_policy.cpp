@@ -66,12 +66,9 @@ WorkspaceLayout workspace_layout(const Problem& p, int num_splits) {
                       static_cast<size_t>(num_splits);
   const size_t d = static_cast<size_t>(head_dim_bucket(p.head_dim));
   auto align = [](size_t x) { return (x + 255) / 256 * 256; };
-  const size_t units = static_cast<size_t>(p.batch_size) *
-                       static_cast<size_t>(p.num_kv_heads) * static_cast<size_t>(head_blocks(p));
   w.partial_o_offset = 0;
   w.partial_lse_offset = align(rows * d * sizeof(float));
-  w.counters_offset = w.partial_lse_offset + align(rows * sizeof(float));
-  w.bytes = w.counters_offset + align(units * sizeof(uint64_t));
+  w.bytes = w.partial_lse_offset + align(rows * sizeof(float));
   return w;
 }
 

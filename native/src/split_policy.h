@@ -51,12 +51,10 @@ struct SplitChoice {
 SplitChoice choose_splits(const Problem& p, int num_sms);
 
 // Layout of the workspace: per (b, h, split) an f32 row of bucket(D) partial
-// outputs, then per (b, h, split) one f32 log2-sum-exp, then per unit (b, KV
-// head, head block) one 64-bit arrival counter for the merge in the split kernel.
+// outputs, then per (b, h, split) one f32 log2-sum-exp.
 struct WorkspaceLayout {
   size_t partial_o_offset = 0;
   size_t partial_lse_offset = 0;
-  size_t counters_offset = 0;
   size_t bytes = 0;
 };
 

@@ -79,6 +79,5 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 int tune_forced_splits() { return fdfuzz::g_device.forced_splits; }
 bool tune_clusters_enabled() { return fdfuzz::g_device.clusters_enabled; }
 bool tune_one_cta_per_sm() { return false; }
-bool tune_merge_kernel() { return fdfuzz::g_device.merge_kernel; }
 
 }  // namespace fd

@@ -117,7 +117,6 @@ Input decode(const uint8_t* data, size_t size) {
   dev.max_cluster = 1 + r.get<uint8_t>() % 16;
   dev.active_clusters = r.get<uint8_t>();
   dev.clusters_enabled = (in.ptr_mode & kClusters) != 0;
-  dev.merge_kernel = (dev.max_cluster & 1) != 0;  // half the inputs take the merge kernel
   fd_decode_params& p = in.p;
   std::memset(&p, 0, sizeof(p));
   p.dtype = r.get<int32_t>();
@@ -314,20 +313,6 @@ void check_launch(const fd::Problem& p, long launches_before) {
     FUZZ_CHECK(o >= ws && o + (rows * uint64_t(kc.head_dim) * 4 - 1) < l &&
                    l + (rows * 4 - 1) <= last,
                "partials outside the workspace");
-    // The in-kernel merge: at most 16 splits, never in batch-invariant mode, and
-    // one 8-byte counter per unit after the partials, inside the workspace.
-    const bool expect_in_split = !fd::batch_invariant(p) && d.num_splits <= fd::kPolicyMaxSplits &&
-                                 !fdfuzz::g_device.merge_kernel;
-    FUZZ_CHECK((d.merge_in_split != 0) == expect_in_split, "merge_in_split %d, expected %d",
-               d.merge_in_split, int(expect_in_split));
-    if (d.merge_in_split) {
-      const uint64_t units = uint64_t(d.batch_size) * uint64_t(d.num_kv_heads) * r.head_blocks;
-      const uint64_t c = addr(d.split_counters);
-      FUZZ_CHECK(c % 8 == 0 && c > l + (rows * 4 - 1) && c + (units * 8 - 1) <= last,
-                 "split counters outside the workspace or overlapping the partials");
-    }
-  } else {
-    FUZZ_CHECK(d.merge_in_split == 0, "merge_in_split without partials");
   }
 }
 
@@ -514,8 +499,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         FUZZ_CHECK(ps == FD_STATUS_SUCCESS, "run launched but plan refused");
         FUZZ_CHECK(plan.num_splits == d.num_splits && plan.chunk_len == d.chunk_len &&
                        (plan.cluster_size > 1) == (d.cluster_reduce != 0) &&
-                       plan.merge_kernel == (d.write_partials && !d.merge_in_split) &&
-                       plan.merge_in_split == d.merge_in_split,
+                       plan.merge_kernel == d.write_partials,
                    "plan (%d splits, chunk %d, cluster %d, merge %d) vs launch (%d, %d, %d, %d)",
                    plan.num_splits, plan.chunk_len, plan.cluster_size, plan.merge_kernel,
                    d.num_splits, d.chunk_len, d.cluster_reduce, d.write_partials);

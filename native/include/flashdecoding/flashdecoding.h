@@ -266,8 +266,6 @@ typedef struct fd_launch_plan {
   int32_t device_cc;       /* major*10 + minor */
   int32_t cluster_size;    /* >1: the splits reduce on chip in one thread block cluster */
   int32_t merge_kernel;    /* 1: partials go through the workspace to a merge kernel */
-  int32_t merge_in_split;  /* 1: partials go through the workspace and the last CTA of each
-                              (batch, KV head) merges them: one kernel, no merge launch */
 } fd_launch_plan;
 
 #ifndef __cplusplus

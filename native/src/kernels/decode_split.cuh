@@ -13,7 +13,6 @@
 
 #include "../kernel_params.h"
 #include "../split_policy.h"
-#include "merge_in_split.cuh"
 #include "ptx.cuh"
 
 namespace fd {
@@ -355,19 +354,6 @@ __global__ void __launch_bounds__(kThreadsPerCta)
     } else {
       write_output<T>(p, b, h, col, mall, lsum, acc);
     }
-  }
-
-  if (p.merge_in_split) {
-    static_assert(S::bytes(1) >= sizeof(float) * kMaxGroupPerCta * kPolicyMaxSplits +
-                                     sizeof(float) * kPolicyMaxSplits * DPAD,
-                  "shared memory holds the lse block and one row of partials");
-    const int unit = static_cast<int>(blockIdx.x * gridDim.z + blockIdx.z);
-    if (arrive_last(p, unit))
-      merge_unit_in_cta<DPAD, kThreadsPerCta>(
-          p, smem_raw, S::bytes(STAGES), b, hq0, nh,
-          [&](int h, int col, float m_all, float l_all, float acc) {
-            write_output<T>(p, b, h, col, m_all, l_all, acc);
-          });
   }
 
   // Cluster mode: the num_splits CTAs of one (batch, KV head, head block) are a

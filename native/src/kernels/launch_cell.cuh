@@ -129,7 +129,7 @@ int launch_cell(const DecodeParams& p, int head_blocks, bool vec, bool pdl, void
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   cudaError_t e = vec ? launch_split<T, DPAD, true>(p, head_blocks, pdl, stream)
                       : launch_split<T, DPAD, false>(p, head_blocks, pdl, stream);
-  if (e != cudaSuccess || !p.write_partials || p.merge_in_split) return e;
+  if (e != cudaSuccess || !p.write_partials) return e;
   cudaLaunchConfig_t cfg = {};
   cudaLaunchAttribute attr[1];
   cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_heads));
