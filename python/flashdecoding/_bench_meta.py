@@ -1,4 +1,4 @@
-"""Where a benchmark run came from: the commit (git, else $FD_COMMIT) and host."""
+"""Where a benchmark run came from: the commit ($FD_COMMIT, else git) and host."""
 
 from __future__ import annotations
 
@@ -20,15 +20,16 @@ def _git(args, cwd):
 
 
 def commit_info(repo=REPO_ROOT, env=None) -> dict:
-    """{"commit", "dirty", "source"}: ``git rev-parse HEAD`` in the repository
-    this file lives in when that works, else the environment's FD_COMMIT."""
+    """{"commit", "dirty", "source"}: the environment's FD_COMMIT when set (a
+    copy of the tree, as on the GPU machine, may carry a .git that is not its
+    commit), else ``git rev-parse HEAD`` in the repository this file lives in."""
     env = os.environ if env is None else env
+    if env.get("FD_COMMIT"):
+        return {"commit": env["FD_COMMIT"], "dirty": None, "source": "FD_COMMIT"}
     sha = _git(["rev-parse", "HEAD"], repo) if (Path(repo) / ".git").exists() else None
     if sha:
         dirty = _git(["status", "--porcelain", "--untracked-files=no"], repo)
         return {"commit": sha, "dirty": bool(dirty), "source": "git"}
-    if env.get("FD_COMMIT"):
-        return {"commit": env["FD_COMMIT"], "dirty": None, "source": "FD_COMMIT"}
     return {"commit": None, "dirty": None, "source": None}
 
 

@@ -373,6 +373,9 @@ def test_commit_info(tmp_path):
     info = meta.commit_info(repo=tmp_path, env={"FD_COMMIT": "deadbeef"})
     assert info == {"commit": "deadbeef", "dirty": None, "source": "FD_COMMIT"}
     assert meta.commit_info(repo=tmp_path, env={})["commit"] is None
+    # FD_COMMIT wins over a repository's git (a device copy's .git may be stale).
+    repo = meta.REPO_ROOT
+    assert meta.commit_info(repo=repo, env={"FD_COMMIT": "feed"})["commit"] == "feed"
     assert set(meta.host_info()) == {"python", "platform", "hostname"}
 
 
