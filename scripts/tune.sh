@@ -5,7 +5,8 @@
 #   - time flashdecoding alone on the PERF.md grid for each,
 #   - sweep the split count (FD_TUNE_SPLITS) on the default build.
 #   usage: scripts/tune.sh [variants...]   e.g. "w4s3 w4s4 w8s2p256"
-#   (w: warps per CTA, s: cp.async stages, p: L2 prefetch hint bytes, 256
+#   (w: warps per CTA, s: cp.async stages, d: stages of the deep ring used by
+#    grids of <= 1 CTA per SM, 5 unless given, p: L2 prefetch hint bytes, 256
 #    unless given; a trailing x: P in one mma instead of hi + lo)
 set -uo pipefail
 out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
@@ -14,9 +15,10 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$root/python${PYTHONPATH:+:$PYTHONPATH}
 variants=${*:-"w4s3 w4s2 w4s4 w8s2 w8s3"}
 for v in $variants; do
   base=${v%x}; splitp=1; [ "$base" != "$v" ] && splitp=0
-  w=${base#w}; w=${w%%s*}; s=${base#*s}; s=${s%%p*}; pf=256
+  w=${base#w}; w=${w%%s*}; s=${base#*s}; s=${s%%[pd]*}; pf=256; deep=5
   case $base in *p*) pf=${base##*p};; esac
-  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_L2_PREFETCH=$pf -DFD_SPLIT_P=$splitp"
+  case $base in *d*) deep=${base##*d}; deep=${deep%%p*};; esac
+  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_DEEP_STAGES=$deep -DFD_L2_PREFETCH=$pf -DFD_SPLIT_P=$splitp"
   cmake -S . -B "build-$v" -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a \
     "-DCMAKE_CUDA_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" > "$out/build-$v.log" 2>&1 \
     && cmake --build "build-$v" -j16 >> "$out/build-$v.log" 2>&1 || { echo "build $v failed"; tail "$out/build-$v.log"; continue; }
@@ -25,11 +27,11 @@ for v in $variants; do
     > "$out/tune-$v.log" 2>&1 || echo "bench $v rc=$?"
 done
 first=${variants%% *}
-for knob in ${TUNE_KNOBS:-FD_TUNE_CLUSTER FD_TUNE_ONE_CTA_PER_SM}; do
+for knob in ${TUNE_KNOBS-FD_TUNE_NO_DEEP_RING FD_TUNE_ONE_CTA_PER_SM}; do
   env $knob=1 FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
     --methods flashdecoding --quick --no-progress --json "$out/tune-$knob.json" > "$out/tune-$knob.log" 2>&1
 done
-for s in ${TUNE_SPLITS:-1 2 4 8 16}; do
+for s in ${TUNE_SPLITS-1 2 4 8 16}; do  # TUNE_SPLITS="" skips the sweep
   FD_TUNE_SPLITS=$s FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
     --methods flashdecoding --quick --no-progress --json "$out/split-$s.json" \
     > "$out/split-$s.log" 2>&1 || echo "split $s rc=$?"
