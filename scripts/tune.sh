@@ -5,9 +5,10 @@
 #   - time flashdecoding alone on the PERF.md grid for each,
 #   - sweep the split count (FD_TUNE_SPLITS) on the default build.
 #   usage: scripts/tune.sh [variants...]   e.g. "w4s3 w4s4 w8s2p256"
-#   (w: warps per CTA, s: cp.async stages, d: stages of the deep ring used by
-#    grids of <= 1 CTA per SM, 5 unless given, p: L2 prefetch hint bytes, 256
-#    unless given; a trailing x: P in one mma instead of hi + lo)
+#   (w: warps per CTA, s: cp.async stages, k: K/V copy order (0: K and V rows
+#    interleaved, 1: the tile's K rows, then its V rows; 0 unless given),
+#    p: L2 prefetch hint bytes, 256 unless given; a trailing x: P in one mma
+#    instead of hi + lo)
 set -uo pipefail
 out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
@@ -15,10 +16,10 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$root/python${PYTHONPATH:+:$PYTHONPATH}
 variants=${*:-"w4s3 w4s2 w4s4 w8s2 w8s3"}
 for v in $variants; do
   base=${v%x}; splitp=1; [ "$base" != "$v" ] && splitp=0
-  w=${base#w}; w=${w%%s*}; s=${base#*s}; s=${s%%[pd]*}; pf=256; deep=5
+  w=${base#w}; w=${w%%s*}; s=${base#*s}; s=${s%%[pk]*}; pf=256; ko=0
   case $base in *p*) pf=${base##*p};; esac
-  case $base in *d*) deep=${base##*d}; deep=${deep%%p*};; esac
-  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_DEEP_STAGES=$deep -DFD_L2_PREFETCH=$pf -DFD_SPLIT_P=$splitp"
+  case $base in *k*) ko=${base##*k}; ko=${ko%%p*};; esac
+  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_KV_ORDER=$ko -DFD_L2_PREFETCH=$pf -DFD_SPLIT_P=$splitp"
   cmake -S . -B "build-$v" -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a \
     "-DCMAKE_CUDA_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" > "$out/build-$v.log" 2>&1 \
     && cmake --build "build-$v" -j16 >> "$out/build-$v.log" 2>&1 || { echo "build $v failed"; tail "$out/build-$v.log"; continue; }
@@ -27,7 +28,7 @@ for v in $variants; do
     > "$out/tune-$v.log" 2>&1 || echo "bench $v rc=$?"
 done
 first=${variants%% *}
-for knob in ${TUNE_KNOBS-FD_TUNE_NO_DEEP_RING FD_TUNE_ONE_CTA_PER_SM}; do
+for knob in ${TUNE_KNOBS-FD_TUNE_ONE_CTA_PER_SM}; do
   env $knob=1 FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
     --methods flashdecoding --quick --no-progress --json "$out/tune-$knob.json" > "$out/tune-$knob.log" 2>&1
 done

@@ -32,9 +32,6 @@ struct DecodeParams {
   int32_t cluster_reduce;
   // Launch with enough shared memory that an SM holds one CTA (host side only).
   int32_t one_cta_per_sm;
-  // Launch the deep-ring variant (more K/V tiles in flight per warp) of the
-  // vectorised split kernel: for grids of at most one CTA per SM (host side only).
-  int32_t deep_ring;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
 

@@ -19,7 +19,6 @@ constexpr int kMaxCluster = 16;
 
 struct KernelFacts {
   int ctas_per_sm = 0;  // 0 = not asked yet
-  int deep_ok = 0;      // the deep-ring variant fits this device
   // Co-resident clusters of c CTAs (index c); -1 = not asked yet.
   int active_clusters[kMaxCluster + 1] = {-1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, -1, -1, -1, -1, -1, -1, -1};
@@ -68,8 +67,8 @@ int query_device(int cell, bool vec, DeviceView* out) {
   }
   KernelFacts& k = f.kernel[cell][vec ? 1 : 0];
   if (k.ctas_per_sm == 0) {
-    int n = 0, deep = 0;
-    const int ce = kernel_cell(cell).prepare(vec, f.cc, &n, &deep);
+    int n = 0;
+    const int ce = kernel_cell(cell).prepare(vec, f.cc, &n);
     if (ce != cudaSuccess)
       return cuda_fail(static_cast<cudaError_t>(ce),
                        "preparing the decode kernel (is this GPU one of fd_compiled_architectures()?)");
@@ -77,13 +76,11 @@ int query_device(int cell, bool vec, DeviceView* out) {
       return fail(FD_STATUS_UNSUPPORTED, "the decode kernel %s cannot run on device %d",
                   kernel_cell(cell).name, dev);
     k.ctas_per_sm = n;
-    k.deep_ok = deep;
   }
   out->device = dev;
   out->num_sms = f.num_sms;
   out->cc = f.cc;
   out->ctas_per_sm = k.ctas_per_sm;
-  out->deep_ring_ok = k.deep_ok != 0;
   return FD_STATUS_SUCCESS;
 }
 
@@ -108,8 +105,7 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 // FD_TUNE_SPLITS=n forces n splits (clamped to what the workspace holds);
 // FD_TUNE_CLUSTER=1 reduces splits in a thread block cluster (sm_90) instead of
 // the merge kernel: measured no faster on H100 (docs/RESULTS.md), so opt-in;
-// FD_TUNE_ONE_CTA_PER_SM=1 pads every launch to one CTA per SM;
-// FD_TUNE_NO_DEEP_RING=1 keeps the plain ring where the deep one would run.
+// FD_TUNE_ONE_CTA_PER_SM=1 pads every launch to one CTA per SM.
 int tune_forced_splits() {
   static const int n = env_int("FD_TUNE_SPLITS");
   return n;
@@ -122,11 +118,6 @@ bool tune_clusters_enabled() {
 
 bool tune_one_cta_per_sm() {
   static const bool on = env_int("FD_TUNE_ONE_CTA_PER_SM") != 0;
-  return on;
-}
-
-bool tune_no_deep_ring() {
-  static const bool on = env_int("FD_TUNE_NO_DEEP_RING") != 0;
   return on;
 }
 

@@ -52,11 +52,6 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
                      units <= device_active_clusters(d.dev, d.cell, d.vec, s);
   d.write_partials = workspace_layout(p, s).bytes > 0 && !d.cluster_reduce;
   d.one_cta_per_sm = d.cluster_reduce || tune_one_cta_per_sm();
-  // A grid of at most one CTA per SM leaves each SM's share of HBM to one CTA:
-  // give it the deeper ring (docs/RESULTS.md). Larger grids keep two CTAs per
-  // SM, which the deep ring's shared memory would not allow.
-  d.deep_ring = d.vec && d.dev.deep_ring_ok && !d.cluster_reduce && !tune_no_deep_ring() &&
-                units * s <= d.dev.num_sms;
   return FD_STATUS_SUCCESS;
 }
 
@@ -89,7 +84,6 @@ DecodeParams make_decode_params(const Problem& p, const LaunchDecision& dec) {
   d.cluster_reduce = dec.cluster_reduce ? 1 : 0;
   d.write_partials = dec.write_partials ? 1 : 0;
   d.one_cta_per_sm = dec.one_cta_per_sm ? 1 : 0;
-  d.deep_ring = dec.deep_ring ? 1 : 0;
   if (dec.write_partials) {
     const WorkspaceLayout w = workspace_layout(p, dec.split.num_splits);
     const uintptr_t ws = reinterpret_cast<uintptr_t>(p.workspace);
@@ -130,7 +124,6 @@ int plan_problem(const Problem& p, fd_launch_plan* plan) {
   plan->device_cc = dec.dev.cc;
   plan->cluster_size = dec.cluster_reduce ? dec.split.num_splits : 1;
   plan->merge_kernel = dec.write_partials ? 1 : 0;
-  plan->ring_stages = !dec.vec ? 1 : dec.deep_ring ? kDeepRingStages : kRingStages;
   return FD_STATUS_SUCCESS;
 }
 

@@ -19,7 +19,6 @@ struct DeviceView {
   int num_sms = 0;
   int cc = 0;           // major * 10 + minor
   int ctas_per_sm = 0;  // of the chosen cell's split kernel
-  bool deep_ring_ok = false;  // its deep-ring variant fits this device
 };
 
 struct LaunchDecision {
@@ -30,7 +29,6 @@ struct LaunchDecision {
   bool cluster_reduce = false;  // splits reduce in a thread block cluster
   bool write_partials = false;  // splits go through the workspace to the merge kernel
   bool one_cta_per_sm = false;
-  bool deep_ring = false;  // the deep-ring variant of the split kernel
 };
 
 // Checks (all rules with full_checks, else problem + strides) and decides.
@@ -56,6 +54,5 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 int tune_forced_splits();
 bool tune_clusters_enabled();
 bool tune_one_cta_per_sm();
-bool tune_no_deep_ring();
 
 }  // namespace fd

@@ -16,17 +16,6 @@ namespace fd {
 constexpr int kWarpsPerCta = FD_WARPS_PER_CTA;
 constexpr int kThreadsPerCta = kWarpsPerCta * 32;
 constexpr int kTileKeys = 16;                       // keys one warp takes per step
-// cp.async ring depth per warp: stages - 1 tiles in flight while one is
-// computed. The deep ring is for grids of at most one CTA per SM, where that
-// CTA alone keeps its SM's share of HBM busy.
-#ifndef FD_STAGES
-#define FD_STAGES 3
-#endif
-#ifndef FD_DEEP_STAGES
-#define FD_DEEP_STAGES 5
-#endif
-constexpr int kRingStages = FD_STAGES;
-constexpr int kDeepRingStages = FD_DEEP_STAGES;
 constexpr int kMinChunk = kTileKeys * kWarpsPerCta;  // a split gives every warp a tile
 constexpr int kMaxGroupPerCta = 16;                 // query rows of one mma tile
 constexpr int kInvariantChunk = 512;                // fixed chunk of batch-invariant mode

@@ -91,7 +91,7 @@ class FdKernelCell(Structure):
 class FdLaunchPlan(Structure):
     """typedef struct fd_launch_plan { size_t struct_size; int32_t cell_index; int32_t num_splits;
     int32_t chunk_len; int32_t heads_per_cta; int32_t num_sms; int32_t device_cc;
-    int32_t cluster_size; int32_t merge_kernel; int32_t ring_stages; }"""
+    int32_t cluster_size; int32_t merge_kernel; }"""
 
     _fields_ = [
         ("struct_size", c_size_t),
@@ -103,7 +103,6 @@ class FdLaunchPlan(Structure):
         ("device_cc", c_int32),
         ("cluster_size", c_int32),
         ("merge_kernel", c_int32),
-        ("ring_stages", c_int32),
     ]
 
 

@@ -192,8 +192,7 @@ class FlashDecodingPlan:
 
     def launch_plan(self) -> dict:
         """How the library would launch this on the current device (needs a GPU):
-        cell_index, num_splits, chunk_len, heads_per_cta, num_sms, device_cc,
-        cluster_size, merge_kernel, ring_stages.
+        cell_index, num_splits, chunk_len, heads_per_cta, num_sms, device_cc.
         Planned for contiguous q/y [B, H_q, D] and k/v [B, H_kv, K, D]."""
         p = self._problem_params(self.desc, self.pref)
         b, h, hkv, k_len, d = self.desc.c_args()

@@ -22,9 +22,8 @@ LaunchRecord g_launch;
 namespace fd {
 
 #define FD_FAKE_CELL(TAG)                                                                 \
-  int prepare_##TAG(bool vec, int, int* ctas_per_sm, int* deep_ok) {                      \
+  int prepare_##TAG(bool, int, int* ctas_per_sm) {                                        \
     *ctas_per_sm = fdfuzz::g_device.ctas_per_sm;                                          \
-    *deep_ok = vec && fdfuzz::g_device.deep_ring_ok;                                      \
     return 0; /* cudaSuccess */                                                           \
   }                                                                                       \
   int active_clusters_##TAG(bool, int cluster) {                                          \
@@ -53,8 +52,8 @@ FD_FAKE_CELL(bf16_d128)
 
 // The device hooks of launch_plan.h, answered by the fuzzer's fake device.
 int query_device(int cell, bool vec, DeviceView* out) {
-  int n = 0, deep = 0;
-  if (kernel_cell(cell).prepare(vec, fdfuzz::g_device.cc, &n, &deep) != 0)
+  int n = 0;
+  if (kernel_cell(cell).prepare(vec, fdfuzz::g_device.cc, &n) != 0)
     return fail(FD_STATUS_CUDA_ERROR, "fake prepare failed");
   if (n <= 0)
     return fail(FD_STATUS_UNSUPPORTED, "the decode kernel %s cannot run on the fake device",
@@ -63,7 +62,6 @@ int query_device(int cell, bool vec, DeviceView* out) {
   out->num_sms = fdfuzz::g_device.num_sms;
   out->cc = fdfuzz::g_device.cc;
   out->ctas_per_sm = n;
-  out->deep_ring_ok = deep != 0;
   return FD_STATUS_SUCCESS;
 }
 
@@ -81,6 +79,5 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 int tune_forced_splits() { return fdfuzz::g_device.forced_splits; }
 bool tune_clusters_enabled() { return fdfuzz::g_device.clusters_enabled; }
 bool tune_one_cta_per_sm() { return false; }
-bool tune_no_deep_ring() { return false; }
 
 }  // namespace fd

@@ -19,7 +19,6 @@ struct FakeDevice {
   int active_clusters = 16;  // clusters of a size <= max_cluster co-resident at once
   bool clusters_enabled = false;  // launch.cpp's FD_TUNE_CLUSTER knob
   int forced_splits = 0;          // launch.cpp's FD_TUNE_SPLITS knob
-  bool deep_ring_ok = true;       // the cells' deep-ring variant fits the device
 };
 extern FakeDevice g_device;
 

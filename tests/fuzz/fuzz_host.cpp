@@ -117,7 +117,6 @@ Input decode(const uint8_t* data, size_t size) {
   dev.max_cluster = 1 + r.get<uint8_t>() % 16;
   dev.active_clusters = r.get<uint8_t>();
   dev.clusters_enabled = (in.ptr_mode & kClusters) != 0;
-  dev.deep_ring_ok = (dev.max_cluster & 1) != 0;
   fd_decode_params& p = in.p;
   std::memset(&p, 0, sizeof(p));
   p.dtype = r.get<int32_t>();
@@ -302,15 +301,6 @@ void check_launch(const fd::Problem& p, long launches_before) {
   if (d.num_splits > 1)
     FUZZ_CHECK(d.cluster_reduce || d.write_partials, "%d splits but no reduction",
                d.num_splits);
-  // The deep ring only for vectorised grids of at most one CTA per SM, where the
-  // device has it, and never with a cluster.
-  if (d.deep_ring) {
-    const int64_t ctas = int64_t{d.batch_size} * d.num_kv_heads * r.head_blocks * d.num_splits;
-    FUZZ_CHECK(r.vec && fdfuzz::g_device.deep_ring_ok && !d.cluster_reduce &&
-                   ctas <= fdfuzz::g_device.num_sms,
-               "deep ring for %lld CTAs on %d SMs (vec %d, cluster %d)", (long long)ctas,
-               fdfuzz::g_device.num_sms, int(r.vec), d.cluster_reduce);
-  }
   if (fd::batch_invariant(p) && d.k_len > 0)
     FUZZ_CHECK(d.write_partials && !d.cluster_reduce, "batch-invariant run skips the merge");
   if (d.write_partials) {
@@ -509,10 +499,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         FUZZ_CHECK(ps == FD_STATUS_SUCCESS, "run launched but plan refused");
         FUZZ_CHECK(plan.num_splits == d.num_splits && plan.chunk_len == d.chunk_len &&
                        (plan.cluster_size > 1) == (d.cluster_reduce != 0) &&
-                       plan.merge_kernel == d.write_partials &&
-                       plan.ring_stages == (!fdfuzz::g_launch.vec ? 1
-                                            : d.deep_ring       ? fd::kDeepRingStages
-                                                                : fd::kRingStages),
+                       plan.merge_kernel == d.write_partials,
                    "plan (%d splits, chunk %d, cluster %d, merge %d) vs launch (%d, %d, %d, %d)",
                    plan.num_splits, plan.chunk_len, plan.cluster_size, plan.merge_kernel,
                    d.num_splits, d.chunk_len, d.cluster_reduce, d.write_partials);

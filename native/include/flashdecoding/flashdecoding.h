@@ -266,7 +266,6 @@ typedef struct fd_launch_plan {
   int32_t device_cc;       /* major*10 + minor */
   int32_t cluster_size;    /* >1: the splits reduce on chip in one thread block cluster */
   int32_t merge_kernel;    /* 1: partials go through the workspace to a merge kernel */
-  int32_t ring_stages;     /* K/V tiles per warp's copy ring (1: synchronous loads) */
 } fd_launch_plan;
 
 #ifndef __cplusplus

@@ -2,8 +2,8 @@
 #include "launch_cell.cuh"
 
 namespace fd {
-int prepare_bf16_d96(bool vec, int cc, int* ctas_per_sm, int* deep_ok) {
-  return prepare_cell<__nv_bfloat16, 96>(vec, cc, ctas_per_sm, deep_ok);
+int prepare_bf16_d96(bool vec, int cc, int* ctas_per_sm) {
+  return prepare_cell<__nv_bfloat16, 96>(vec, cc, ctas_per_sm);
 }
 int active_clusters_bf16_d96(bool vec, int cluster) {
   return active_clusters_cell<__nv_bfloat16, 96>(vec, cluster);

@@ -27,6 +27,13 @@ constexpr float kLn2 = 0.6931471805599453f;
 #endif
 constexpr bool kSplitP = FD_SPLIT_P != 0;
 
+// Order of the 16-byte copies of a K/V tile (FD_KV_ORDER, a tuning knob):
+// 0 interleaves K and V rows, 1 copies the tile's K rows, then its V rows.
+#ifndef FD_KV_ORDER
+#define FD_KV_ORDER 0
+#endif
+constexpr int kKvOrder = FD_KV_ORDER;
+
 template <int DPAD>
 struct SplitSmem {
   static constexpr int kRowStride = DPAD + 8;  // 16-byte pad: ldmatrix rows hit distinct banks
@@ -56,16 +63,37 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const
   if constexpr (VEC) {
     constexpr int kChunks = DPAD / 8;
     static_assert(kTileKeys * kChunks % 32 == 0, "whole warp-wide copy steps");
+    if constexpr (kKvOrder == 0) {  // K and V rows interleaved
 #pragma unroll
-    for (int it = 0; it < kTileKeys * kChunks / 32; ++it) {
-      const int i = lane + it * 32;
-      const int row = i / kChunks, c = i % kChunks;
-      const int key = key0 + row;
-      const bool ok = key < key_end && c * 8 < head_dim;
-      const T* ks = ok ? kbase + key * k_stride + c * 8 : kbase;
-      const T* vs = ok ? vbase + key * v_stride + c * 8 : vbase;
-      ptx::cp_async_16(sk + row * RS + c * 8, ks, ok ? 16 : 0);
-      ptx::cp_async_16(sv + row * RS + c * 8, vs, ok ? 16 : 0);
+      for (int it = 0; it < kTileKeys * kChunks / 32; ++it) {
+        const int i = lane + it * 32;
+        const int row = i / kChunks, c = i % kChunks;
+        const int key = key0 + row;
+        const bool ok = key < key_end && c * 8 < head_dim;
+        const T* ks = ok ? kbase + key * k_stride + c * 8 : kbase;
+        const T* vs = ok ? vbase + key * v_stride + c * 8 : vbase;
+        ptx::cp_async_16(sk + row * RS + c * 8, ks, ok ? 16 : 0);
+        ptx::cp_async_16(sv + row * RS + c * 8, vs, ok ? 16 : 0);
+      }
+    } else {  // the tile's K rows, then its V rows
+#pragma unroll
+      for (int it = 0; it < kTileKeys * kChunks / 32; ++it) {
+        const int i = lane + it * 32;
+        const int row = i / kChunks, c = i % kChunks;
+        const int key = key0 + row;
+        const bool ok = key < key_end && c * 8 < head_dim;
+        ptx::cp_async_16(sk + row * RS + c * 8, ok ? kbase + key * k_stride + c * 8 : kbase,
+                         ok ? 16 : 0);
+      }
+#pragma unroll
+      for (int it = 0; it < kTileKeys * kChunks / 32; ++it) {
+        const int i = lane + it * 32;
+        const int row = i / kChunks, c = i % kChunks;
+        const int key = key0 + row;
+        const bool ok = key < key_end && c * 8 < head_dim;
+        ptx::cp_async_16(sv + row * RS + c * 8, ok ? vbase + key * v_stride + c * 8 : vbase,
+                         ok ? 16 : 0);
+      }
     }
   } else {
     const T zero = ptx::from_float<T>(0.f);

@@ -13,19 +13,20 @@
 
 namespace fd {
 
-template <bool VEC, bool DEEP>
-constexpr int ring_stages() {
-  return VEC ? (DEEP ? kDeepRingStages : kRingStages) : 1;
-}
+// cp.async ring depth: STAGES-1 tiles in flight per warp while one is computed.
+#ifndef FD_STAGES
+#define FD_STAGES 3
+#endif
+constexpr int kStages = FD_STAGES;
 
-template <typename T, int DPAD, bool VEC, bool DEEP = false>
+template <typename T, int DPAD, bool VEC>
 constexpr auto split_kernel() {
-  return &decode_split_kernel<T, DPAD, VEC, ring_stages<VEC, DEEP>()>;
+  return &decode_split_kernel<T, DPAD, VEC, VEC ? kStages : 1>;
 }
 
-template <typename T, int DPAD, bool VEC, bool DEEP = false>
+template <typename T, int DPAD, bool VEC>
 constexpr size_t split_smem_bytes() {
-  return SplitSmem<DPAD>::bytes(ring_stages<VEC, DEEP>());
+  return SplitSmem<DPAD>::bytes(VEC ? kStages : 1);
 }
 
 // More than half of an SM's shared memory (228 KB on sm_90): one CTA per SM.
@@ -40,7 +41,7 @@ size_t launch_smem_bytes(bool one_cta_per_sm) {
 }
 
 template <typename T, int DPAD, bool VEC>
-int prepare_split_kernel(int cc, int* ctas_per_sm, int* deep_ok) {
+int prepare_split_kernel(int cc, int* ctas_per_sm) {
   auto kernel = split_kernel<T, DPAD, VEC>();
   const size_t smem = split_smem_bytes<T, DPAD, VEC>();
   const size_t padded = launch_smem_bytes<T, DPAD, VEC>(true);
@@ -56,16 +57,6 @@ int prepare_split_kernel(int cc, int* ctas_per_sm, int* deep_ok) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
           cudaSuccess)
     (void)cudaGetLastError();  // then only portable sizes (<= 8) will fit
-  *deep_ok = 0;
-  if (VEC && kDeepRingStages != kRingStages) {
-    if (cudaFuncSetAttribute(split_kernel<T, DPAD, VEC, true>(),
-                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(split_smem_bytes<T, DPAD, VEC, true>())) ==
-        cudaSuccess)
-      *deep_ok = 1;
-    else
-      (void)cudaGetLastError();  // a GPU with less shared memory: the plain ring only
-  }
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, kernel, kThreadsPerCta, smem);
 }
 
@@ -93,9 +84,9 @@ int active_split_clusters(int cluster) {
 }
 
 template <typename T, int DPAD>
-int prepare_cell(bool vec, int cc, int* ctas_per_sm, int* deep_ok) {
-  return vec ? prepare_split_kernel<T, DPAD, true>(cc, ctas_per_sm, deep_ok)
-             : prepare_split_kernel<T, DPAD, false>(cc, ctas_per_sm, deep_ok);
+int prepare_cell(bool vec, int cc, int* ctas_per_sm) {
+  return vec ? prepare_split_kernel<T, DPAD, true>(cc, ctas_per_sm)
+             : prepare_split_kernel<T, DPAD, false>(cc, ctas_per_sm);
 }
 
 template <typename T, int DPAD>
@@ -119,27 +110,25 @@ inline void add_cluster(cudaLaunchConfig_t& cfg, cudaLaunchAttribute* attr, unsi
   a.val.clusterDim.z = 1;
 }
 
-template <typename T, int DPAD, bool VEC, bool DEEP>
+template <typename T, int DPAD, bool VEC>
 cudaError_t launch_split(const DecodeParams& p, int head_blocks, bool pdl, cudaStream_t stream) {
   cudaLaunchConfig_t cfg = {};
   cudaLaunchAttribute attr[2];
   cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_kv_heads),
                      static_cast<unsigned>(p.num_splits), static_cast<unsigned>(head_blocks));
   cfg.blockDim = dim3(kThreadsPerCta);
-  cfg.dynamicSmemBytes = DEEP ? split_smem_bytes<T, DPAD, VEC, true>()
-                              : launch_smem_bytes<T, DPAD, VEC>(p.one_cta_per_sm != 0);
+  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(p.one_cta_per_sm != 0);
   cfg.stream = stream;
   set_pdl(cfg, attr, pdl);
   if (p.cluster_reduce) add_cluster(cfg, attr, static_cast<unsigned>(p.num_splits));
-  return cudaLaunchKernelEx(&cfg, split_kernel<T, DPAD, VEC, DEEP>(), p);
+  return cudaLaunchKernelEx(&cfg, split_kernel<T, DPAD, VEC>(), p);
 }
 
 template <typename T, int DPAD>
 int launch_cell(const DecodeParams& p, int head_blocks, bool vec, bool pdl, void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  cudaError_t e = !vec         ? launch_split<T, DPAD, false, false>(p, head_blocks, pdl, stream)
-                  : p.deep_ring ? launch_split<T, DPAD, true, true>(p, head_blocks, pdl, stream)
-                                : launch_split<T, DPAD, true, false>(p, head_blocks, pdl, stream);
+  cudaError_t e = vec ? launch_split<T, DPAD, true>(p, head_blocks, pdl, stream)
+                      : launch_split<T, DPAD, false>(p, head_blocks, pdl, stream);
   if (e != cudaSuccess || !p.write_partials) return e;
   cudaLaunchConfig_t cfg = {};
   cudaLaunchAttribute attr[1];
