@@ -8,7 +8,7 @@
 #   (w: warps per CTA, s: cp.async stages, k: K/V copy order (0: K and V rows
 #    interleaved, 1: the tile's K rows, then its V rows; 0 unless given),
 #    p: L2 prefetch hint bytes, 256 unless given; a trailing x: P in one mma
-#    instead of hi + lo)
+#    instead of hi + lo; extra -D flags for a variant: TUNE_FLAGS_<variant>)
 set -uo pipefail
 out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
@@ -16,10 +16,12 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$root/python${PYTHONPATH:+:$PYTHONPATH}
 variants=${*:-"w4s3 w4s2 w4s4 w8s2 w8s3"}
 for v in $variants; do
   base=${v%x}; splitp=1; [ "$base" != "$v" ] && splitp=0
+  base=${base%%_*}  # a _name suffix only names a variant with TUNE_FLAGS_<variant>
   w=${base#w}; w=${w%%s*}; s=${base#*s}; s=${s%%[pk]*}; pf=256; ko=0
   case $base in *p*) pf=${base##*p};; esac
   case $base in *k*) ko=${base##*k}; ko=${ko%%p*};; esac
-  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_KV_ORDER=$ko -DFD_L2_PREFETCH=$pf -DFD_SPLIT_P=$splitp"
+  extra_var=TUNE_FLAGS_$v; extra=${!extra_var:-}
+  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_KV_ORDER=$ko -DFD_L2_PREFETCH=$pf -DFD_SPLIT_P=$splitp $extra"
   cmake -S . -B "build-$v" -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a \
     "-DCMAKE_CUDA_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" > "$out/build-$v.log" 2>&1 \
     && cmake --build "build-$v" -j16 >> "$out/build-$v.log" 2>&1 || { echo "build $v failed"; tail "$out/build-$v.log"; continue; }
