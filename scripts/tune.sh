@@ -32,11 +32,12 @@ done
 first=${variants%% *}
 for knob in ${TUNE_KNOBS-FD_TUNE_ONE_CTA_PER_SM}; do
   env $knob=1 FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
-    --methods flashdecoding --quick --no-progress --json "$out/tune-$knob.json" > "$out/tune-$knob.log" 2>&1
+    --methods flashdecoding --quick --no-progress --json "$out/tune-$knob.json" ${TUNE_BENCH_ARGS:-} \
+    > "$out/tune-$knob.log" 2>&1
 done
 for s in ${TUNE_SPLITS-1 2 4 8 16}; do  # TUNE_SPLITS="" skips the sweep
   FD_TUNE_SPLITS=$s FLASHDECODING_LIBRARY=$root/build-$first/libflashdecoding.so python3 -m flashdecoding.bench \
-    --methods flashdecoding --quick --no-progress --json "$out/split-$s.json" \
+    --methods flashdecoding --quick --no-progress --json "$out/split-$s.json" ${TUNE_BENCH_ARGS:-} \
     > "$out/split-$s.log" 2>&1 || echo "split $s rc=$?"
 done
 python3 - "$out" <<'PY'
@@ -52,11 +53,14 @@ for p in sorted(glob.glob(os.path.join(out, "tune-*.json"))) + sorted(
     res, d = load(p)
     rows = rows or list(res)
     name = os.path.basename(p)[:-5]
-    table.append((name, [res[r].get("us") for r in rows], [res[r].get("status") for r in rows]))
+    table.append((name, [res.get(r, {}).get("us") for r in rows],
+                  [res.get(r, {}).get("status", "absent") for r in rows]))
 print("us per call (flashdecoding only; quick); ceiling read GB/s as measured in each run")
-print("%-12s" % "variant" + "".join("%9s" % (i + 1) for i in range(len(rows or []))))
+width = max([12] + [len(name) + 1 for name, _, _ in table])
+print("variant".ljust(width) + "".join("%9s" % (i + 1) for i in range(len(rows or []))))
 for name, us, stt in table:
-    print("%-12s" % name + "".join("%9.2f" % u if u else "%9s" % (s or "-") for u, s in zip(us, stt)))
+    print(name.ljust(width) + "".join("%9.2f" % u if u else "%9s" % (s or "-")[:8]
+                                      for u, s in zip(us, stt)))
 for i, r in enumerate(rows or []):
     print(f"  {i + 1}: {r}")
 PY
