@@ -30,8 +30,9 @@ struct DecodeParams {
   // The num_splits CTAs of a unit form one cluster and reduce through
   // distributed shared memory (sm_90+); no workspace, no merge kernel.
   int32_t cluster_reduce;
-  // Launch with enough shared memory that an SM holds one CTA (host side only).
-  int32_t one_cta_per_sm;
+  // Host side only: > 0 pads the split kernel's dynamic shared memory to this
+  // many bytes, so that fewer of its CTAs share an SM.
+  int32_t pad_smem_bytes;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
 

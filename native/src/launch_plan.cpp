@@ -18,6 +18,17 @@ bool can_vectorise(const Problem& p) {
 
 constexpr int kMaxCluster = 16;
 
+// Dynamic shared memory that keeps an SM from holding more than
+// max_ctas_per_sm split CTAs (0: no padding). One per SM is 116 KB, as the
+// cluster occupancy query assumes; more: just over 1 / (cap + 1) of the SM's
+// shared memory, less the 1 KB the runtime reserves per CTA.
+int smem_pad_bytes(const LaunchDecision& d) {
+  const int cap = d.max_ctas_per_sm;
+  if (cap <= 0) return 0;
+  if (cap == 1) return 116 * 1024;
+  return d.dev.smem_per_sm > 0 ? d.dev.smem_per_sm / (cap + 1) - 1024 + 128 : 0;
+}
+
 }  // namespace
 
 int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
@@ -51,7 +62,7 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
                      s >= 2 && s <= kMaxCluster &&
                      units <= device_active_clusters(d.dev, d.cell, d.vec, s);
   d.write_partials = workspace_layout(p, s).bytes > 0 && !d.cluster_reduce;
-  d.one_cta_per_sm = d.cluster_reduce || tune_one_cta_per_sm();
+  d.max_ctas_per_sm = d.cluster_reduce || tune_one_cta_per_sm() ? 1 : tune_max_ctas_per_sm();
   return FD_STATUS_SUCCESS;
 }
 
@@ -83,7 +94,7 @@ DecodeParams make_decode_params(const Problem& p, const LaunchDecision& dec) {
   d.chunk_len = dec.split.chunk_len;
   d.cluster_reduce = dec.cluster_reduce ? 1 : 0;
   d.write_partials = dec.write_partials ? 1 : 0;
-  d.one_cta_per_sm = dec.one_cta_per_sm ? 1 : 0;
+  d.pad_smem_bytes = smem_pad_bytes(dec);
   if (dec.write_partials) {
     const WorkspaceLayout w = workspace_layout(p, dec.split.num_splits);
     const uintptr_t ws = reinterpret_cast<uintptr_t>(p.workspace);

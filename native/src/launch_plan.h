@@ -19,6 +19,7 @@ struct DeviceView {
   int num_sms = 0;
   int cc = 0;           // major * 10 + minor
   int ctas_per_sm = 0;  // of the chosen cell's split kernel
+  int smem_per_sm = 0;  // bytes of shared memory one SM has
 };
 
 struct LaunchDecision {
@@ -28,7 +29,7 @@ struct LaunchDecision {
   SplitChoice split;
   bool cluster_reduce = false;  // splits reduce in a thread block cluster
   bool write_partials = false;  // splits go through the workspace to the merge kernel
-  bool one_cta_per_sm = false;
+  int max_ctas_per_sm = 0;  // > 0: pad shared memory so an SM holds at most this many
 };
 
 // Checks (all rules with full_checks, else problem + strides) and decides.
@@ -54,5 +55,6 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 int tune_forced_splits();
 bool tune_clusters_enabled();
 bool tune_one_cta_per_sm();
+int tune_max_ctas_per_sm();
 
 }  // namespace fd

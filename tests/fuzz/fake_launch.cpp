@@ -79,5 +79,6 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 int tune_forced_splits() { return fdfuzz::g_device.forced_splits; }
 bool tune_clusters_enabled() { return fdfuzz::g_device.clusters_enabled; }
 bool tune_one_cta_per_sm() { return false; }
+int tune_max_ctas_per_sm() { return 0; }
 
 }  // namespace fd

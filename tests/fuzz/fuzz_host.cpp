@@ -294,7 +294,7 @@ void check_launch(const fd::Problem& p, long launches_before) {
                    d.num_splits <= fdfuzz::g_device.max_cluster &&
                    units <= fdfuzz::g_device.active_clusters && fdfuzz::g_device.cc >= 90 &&
                    fdfuzz::g_device.clusters_enabled &&
-                   !d.write_partials && !fd::batch_invariant(p) && d.one_cta_per_sm,
+                   !d.write_partials && !fd::batch_invariant(p) && d.pad_smem_bytes == 116 * 1024,
                "cluster of %d (device max %d), write_partials %d", d.num_splits,
                fdfuzz::g_device.max_cluster, d.write_partials);
   }

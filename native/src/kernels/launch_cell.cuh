@@ -30,21 +30,21 @@ constexpr size_t split_smem_bytes() {
 }
 
 // More than half of an SM's shared memory (228 KB on sm_90): one CTA per SM.
-// HBM streams best with one long CTA per SM (docs/RESULTS.md), and a cluster
-// launch would otherwise pack its CTAs two to an SM on half the SMs.
+// The kernel's shared-memory limit is raised to this, so padding up to it works.
 constexpr size_t kOneCtaPerSmSmem = 116 * 1024;
 
 template <typename T, int DPAD, bool VEC>
-size_t launch_smem_bytes(bool one_cta_per_sm) {
+size_t launch_smem_bytes(int pad_bytes) {
   const size_t base = split_smem_bytes<T, DPAD, VEC>();
-  return one_cta_per_sm && base < kOneCtaPerSmSmem ? kOneCtaPerSmSmem : base;
+  const size_t pad = pad_bytes > 0 ? static_cast<size_t>(pad_bytes) : 0;
+  return pad > base && pad <= kOneCtaPerSmSmem ? pad : base;
 }
 
 template <typename T, int DPAD, bool VEC>
 int prepare_split_kernel(int cc, int* ctas_per_sm) {
   auto kernel = split_kernel<T, DPAD, VEC>();
   const size_t smem = split_smem_bytes<T, DPAD, VEC>();
-  const size_t padded = launch_smem_bytes<T, DPAD, VEC>(true);
+  const size_t padded = launch_smem_bytes<T, DPAD, VEC>(static_cast<int>(kOneCtaPerSmSmem));
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(padded));
   if (e != cudaSuccess) {  // a GPU with less shared memory: no padding there
@@ -68,7 +68,7 @@ int active_split_clusters(int cluster) {
   cudaLaunchAttribute attr[1];
   cfg.gridDim = dim3(1, static_cast<unsigned>(cluster), 1);
   cfg.blockDim = dim3(kThreadsPerCta);
-  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(true);
+  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(static_cast<int>(kOneCtaPerSmSmem));
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = 1;
   attr[0].val.clusterDim.y = static_cast<unsigned>(cluster);
@@ -117,7 +117,7 @@ cudaError_t launch_split(const DecodeParams& p, int head_blocks, bool pdl, cudaS
   cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_kv_heads),
                      static_cast<unsigned>(p.num_splits), static_cast<unsigned>(head_blocks));
   cfg.blockDim = dim3(kThreadsPerCta);
-  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(p.one_cta_per_sm != 0);
+  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(p.pad_smem_bytes);
   cfg.stream = stream;
   set_pdl(cfg, attr, pdl);
   if (p.cluster_reduce) add_cluster(cfg, attr, static_cast<unsigned>(p.num_splits));
