@@ -29,6 +29,7 @@ struct DeviceFacts {
   int num_sms = 0;
   int cc = 0;
   int smem_per_sm = 0;
+  int smem_per_block = 0;
   KernelFacts kernel[kMaxCells][2];  // [cell][vec]
 };
 
@@ -57,15 +58,18 @@ int query_device(int cell, bool vec, DeviceView* out) {
   std::lock_guard<std::mutex> lock(g_facts_mutex);
   DeviceFacts& f = g_facts[dev];
   if (!f.known) {
-    int major = 0, minor = 0, sms = 0, smem = 0;
+    int major = 0, minor = 0, sms = 0, smem = 0, smem_block = 0;
     if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
         (e = cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev)) !=
             cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&smem_block, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                    dev)) != cudaSuccess ||
         (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess ||
         (e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev)) != cudaSuccess)
       return cuda_fail(e, "cudaDeviceGetAttribute");
     f.num_sms = sms;
     f.smem_per_sm = smem;
+    f.smem_per_block = smem_block;
     f.cc = major * 10 + minor;
     f.known = true;
   }
@@ -85,6 +89,7 @@ int query_device(int cell, bool vec, DeviceView* out) {
   out->num_sms = f.num_sms;
   out->cc = f.cc;
   out->smem_per_sm = f.smem_per_sm;
+  out->smem_per_block = f.smem_per_block;
   out->ctas_per_sm = k.ctas_per_sm;
   return FD_STATUS_SUCCESS;
 }
@@ -111,7 +116,7 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 // FD_TUNE_CLUSTER=1 reduces splits in a thread block cluster (sm_90) instead of
 // the merge kernel: measured no faster on H100 (docs/RESULTS.md), so opt-in;
 // FD_TUNE_ONE_CTA_PER_SM=1 pads every launch to one CTA per SM;
-// FD_TUNE_MAX_CTAS_PER_SM=n pads it to at most n CTAs per SM.
+// FD_TUNE_MAX_CTAS_PER_SM=n caps split CTAs per SM at n instead of 2.
 int tune_forced_splits() {
   static const int n = env_int("FD_TUNE_SPLITS");
   return n;

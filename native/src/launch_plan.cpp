@@ -17,16 +17,20 @@ bool can_vectorise(const Problem& p) {
 }
 
 constexpr int kMaxCluster = 16;
+constexpr int kMaxCtasPerSm = 2;
 
 // Dynamic shared memory that keeps an SM from holding more than
 // max_ctas_per_sm split CTAs (0: no padding). One per SM is 116 KB, as the
 // cluster occupancy query assumes; more: just over 1 / (cap + 1) of the SM's
-// shared memory, less the 1 KB the runtime reserves per CTA.
+// shared memory, less the 1 KB the runtime reserves per CTA. Never more than
+// a CTA may opt in to (the cells raise their limit to that, or 116 KB).
 int smem_pad_bytes(const LaunchDecision& d) {
   const int cap = d.max_ctas_per_sm;
   if (cap <= 0) return 0;
-  if (cap == 1) return 116 * 1024;
-  return d.dev.smem_per_sm > 0 ? d.dev.smem_per_sm / (cap + 1) - 1024 + 128 : 0;
+  int pad = cap == 1 ? 116 * 1024
+                     : (d.dev.smem_per_sm > 0 ? d.dev.smem_per_sm / (cap + 1) - 1024 + 128 : 0);
+  if (d.dev.smem_per_block > 0 && pad > d.dev.smem_per_block) pad = d.dev.smem_per_block;
+  return pad;
 }
 
 }  // namespace
@@ -62,7 +66,16 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
                      s >= 2 && s <= kMaxCluster &&
                      units <= device_active_clusters(d.dev, d.cell, d.vec, s);
   d.write_partials = workspace_layout(p, s).bytes > 0 && !d.cluster_reduce;
-  d.max_ctas_per_sm = d.cluster_reduce || tune_one_cta_per_sm() ? 1 : tune_max_ctas_per_sm();
+  // At most two vectorised split CTAs per SM: the cells whose shared memory
+  // would let three share an SM (head_dim <= 96) were measured faster capped
+  // at two (docs/RESULTS.md: 512 CTAs on 132 SMs fill 1.94 waves of two per
+  // SM, but 1.29 waves of three); D = 128 is at two already. The scalar-load
+  // kernel hides latency with many CTAs, so it is not capped.
+  const int tuned_cap = tune_max_ctas_per_sm();
+  d.max_ctas_per_sm = d.cluster_reduce || tune_one_cta_per_sm() ? 1
+                      : tuned_cap > 0                           ? tuned_cap
+                      : d.vec                                   ? kMaxCtasPerSm
+                                                                : 0;
   return FD_STATUS_SUCCESS;
 }
 

@@ -20,6 +20,7 @@ struct DeviceView {
   int cc = 0;           // major * 10 + minor
   int ctas_per_sm = 0;  // of the chosen cell's split kernel
   int smem_per_sm = 0;  // bytes of shared memory one SM has
+  int smem_per_block = 0;  // most dynamic shared memory one CTA may opt in to
 };
 
 struct LaunchDecision {

@@ -47,10 +47,17 @@ int prepare_split_kernel(int cc, int* ctas_per_sm) {
   const size_t padded = launch_smem_bytes<T, DPAD, VEC>(static_cast<int>(kOneCtaPerSmSmem));
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(padded));
-  if (e != cudaSuccess) {  // a GPU with less shared memory: no padding there
+  if (e != cudaSuccess) {  // a GPU with less shared memory: pad up to what a CTA may have
     (void)cudaGetLastError();
+    int dev = 0, optin = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+            cudaSuccess)
+      optin = 0;
+    (void)cudaGetLastError();
+    const size_t limit = static_cast<size_t>(optin) > smem ? static_cast<size_t>(optin) : smem;
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem));
+                             static_cast<int>(limit < padded ? limit : padded));
   }
   if (e != cudaSuccess) return e;
   if (cc >= 90 &&
