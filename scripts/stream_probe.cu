@@ -98,8 +98,8 @@ __global__ void __launch_bounds__(WARPS * 32) per_warp_ring(Args a) {
     if (j + STAGES - 1 < mine) load(j + STAGES - 1);
     commit();
     const uint8_t* s = ring + (j % STAGES) * 2 * kTile;
-    acc += reinterpret_cast<const uint32_t*>(s)[lane * 64] +
-           reinterpret_cast<const uint32_t*>(s + kTile)[lane * 64];
+    acc += reinterpret_cast<const uint32_t*>(s)[lane * 32] +
+           reinterpret_cast<const uint32_t*>(s + kTile)[lane * 32];
     __syncwarp();
   }
   wait_group<0>();
