@@ -6,6 +6,8 @@
 // several launches; each launch reads far more than L2 holds).
 //   build: nvcc -O3 -std=c++17 -arch=sm_90a scripts/stream_probe.cu -o stream_probe
 //   run:   ./stream_probe [units] [keys]        (default 512 units x 2048 keys)
+// "x10" probes time 10 launches back to back, with programmatic dependent
+// launch as the library uses it and as a kernel that never waits would.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -53,9 +55,14 @@ struct Args {
 
 // P1: the library's pattern. Each warp streams 16-row tiles of K and V (rows
 // interleaved) through its own ring; warps take tiles round robin.
-template <int WARPS, int STAGES, int HINT, int ORDER>
+// PDL: 0 plain; 1 the library's use (let the next grid launch, then wait for
+// this one's predecessor before any load); 2 let the next grid launch and never
+// wait (consecutive launches overlap their ramps and tails).
+template <int WARPS, int STAGES, int HINT, int ORDER, int PDL = 0>
 __global__ void __launch_bounds__(WARPS * 32) per_warp_ring(Args a) {
   extern __shared__ __align__(16) uint8_t smem[];
+  if (PDL == 1) asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  if (PDL >= 1) asm volatile("griddepcontrol.launch_dependents;\n" ::);
   constexpr int kTile = 16 * kRow;  // bytes of one 16-row tile
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const uint8_t* kb = a.k + static_cast<size_t>(blockIdx.x) * a.keys * kRow;
@@ -223,16 +230,29 @@ __global__ void __launch_bounds__(WARPS * 32) bulk_copies(Args a) {
   atomicAdd(a.sum, acc);
 }
 
+// Pseudo-random bytes (a hash of the index), so no probe streams constant data.
+__global__ void fill_random(uint32_t* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    x ^= x >> 15;
+    x *= 2246822519u;
+    x ^= x >> 13;
+    p[i] = x;
+  }
+}
+
 struct Probe {
   const char* name;
   const void* fn;
   int threads;
   size_t smem;
+  int pdl = 0;  // launch with programmatic stream serialization
 };
 
 template <typename F>
-Probe make(const char* name, F* fn, int threads, size_t smem) {
-  return Probe{name, reinterpret_cast<const void*>(fn), threads, smem};
+Probe make(const char* name, F* fn, int threads, size_t smem, int pdl = 0) {
+  return Probe{name, reinterpret_cast<const void*>(fn), threads, smem, pdl};
 }
 
 int main(int argc, char** argv) {
@@ -244,8 +264,9 @@ int main(int argc, char** argv) {
   CHECK(cudaMalloc(&k, bytes));
   CHECK(cudaMalloc(&v, bytes));
   CHECK(cudaMalloc(&sum, sizeof(*sum)));
-  CHECK(cudaMemset(k, 1, bytes));
-  CHECK(cudaMemset(v, 2, bytes));
+  fill_random<<<1024, 256>>>(reinterpret_cast<uint32_t*>(k), bytes / 4, 1u);
+  fill_random<<<1024, 256>>>(reinterpret_cast<uint32_t*>(v), bytes / 4, 2u);
+  CHECK(cudaDeviceSynchronize());
   int dev = 0, sms = 0;
   CHECK(cudaGetDevice(&dev));
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
@@ -267,6 +288,9 @@ int main(int argc, char** argv) {
       make("P4 bulk w4 s3 16-row chunks", bulk_copies<4, 3, 16>, 128, 2 * 4 * 3 * T16),
       make("P4 bulk w4 s3 32-row chunks", bulk_copies<4, 3, 32>, 128, 2 * 4 * 3 * 32 * kRow),
       make("P4 bulk w2 s4 32-row chunks", bulk_copies<2, 4, 32>, 64, 2 * 2 * 4 * 32 * kRow),
+      make("P1 x10 back to back, PDL off", per_warp_ring<4, 3, 256, 0, 0>, 128, 2 * 4 * 3 * T16, 10),
+      make("P1 x10 back to back, PDL, wait first (library)", per_warp_ring<4, 3, 256, 0, 1>, 128, 2 * 4 * 3 * T16, 11),
+      make("P1 x10 back to back, PDL, no wait (overlap)", per_warp_ring<4, 3, 256, 0, 2>, 128, 2 * 4 * 3 * T16, 12),
   };
   std::printf("units %d x keys %d: %.1f MB of K+V per launch, %d SMs\n", units, keys,
               2.0 * bytes / 1e6, sms);
@@ -281,14 +305,24 @@ int main(int argc, char** argv) {
     int per_sm = 0;
     CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, p.fn, p.threads, p.smem));
     std::vector<float> ms;
+    const int reps = p.pdl >= 10 ? 10 : 1;  // launches per timed sample
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    cfg.gridDim = dim3(units);
+    cfg.blockDim = dim3(p.threads);
+    cfg.dynamicSmemBytes = p.smem;
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = p.pdl >= 11 ? 1 : 0;
     for (int r = 0; r < 12; ++r) {
       CHECK(cudaEventRecord(e0));
-      CHECK(cudaLaunchKernel(p.fn, dim3(units), dim3(p.threads), params, p.smem, 0));
+      for (int i = 0; i < reps; ++i) CHECK(cudaLaunchKernelExC(&cfg, p.fn, params));
       CHECK(cudaEventRecord(e1));
       CHECK(cudaEventSynchronize(e1));
       float t = 0;
       CHECK(cudaEventElapsedTime(&t, e0, e1));
-      if (r >= 2) ms.push_back(t);
+      if (r >= 2) ms.push_back(t / reps);
     }
     std::sort(ms.begin(), ms.end());
     const double med = ms[ms.size() / 2];
