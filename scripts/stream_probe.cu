@@ -113,6 +113,59 @@ __global__ void __launch_bounds__(WARPS * 32) per_warp_ring(Args a) {
   atomicAdd(a.sum, acc);
 }
 
+// P5: a persistent grid balancing work at run time: each CTA takes items of
+// ITEM rows (of one unit) from a global counter until none are left, each item
+// streamed like P1 (the ring drains between items). a.sum[1] is the counter,
+// zeroed before each launch.
+template <int WARPS, int STAGES, int ITEM>
+__global__ void __launch_bounds__(WARPS * 32) dynamic_items(Args a, int total_items) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ int item;
+  constexpr int kTile = 16 * kRow;
+  constexpr int kTiles = ITEM / 16;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  uint8_t* ring = smem + warp * STAGES * 2 * kTile;
+  const int items_per_unit = a.keys / ITEM;
+  constexpr int mine = (kTiles + WARPS - 1) / WARPS;
+  unsigned long long acc = 0;
+  for (;;) {
+    __syncthreads();
+    if (threadIdx.x == 0) item = static_cast<int>(atomicAdd(a.sum + 1, 1ull));
+    __syncthreads();
+    const int it = item;
+    if (it >= total_items) break;
+    const int unit = it / items_per_unit, chunk = it - unit * items_per_unit;
+    const size_t base = (static_cast<size_t>(unit) * a.keys + static_cast<size_t>(chunk) * ITEM) * kRow;
+    auto load = [&](int j) {
+      uint8_t* st = ring + (j % STAGES) * 2 * kTile;
+      const size_t off = base + static_cast<size_t>(warp + j * WARPS) * kTile;
+#pragma unroll
+      for (int u = 0; u < kTile / 16 / 32; ++u) {
+        const int i = (lane + u * 32) * 16;
+        cp16<256>(st + i, a.k + off + i);
+        cp16<256>(st + kTile + i, a.v + off + i);
+      }
+    };
+#pragma unroll
+    for (int j = 0; j < STAGES - 1; ++j) {
+      if (j < mine) load(j);
+      commit();
+    }
+    for (int j = 0; j < mine; ++j) {
+      wait_group<STAGES - 2>();
+      __syncwarp();
+      if (j + STAGES - 1 < mine) load(j + STAGES - 1);
+      commit();
+      const uint8_t* st = ring + (j % STAGES) * 2 * kTile;
+      acc += reinterpret_cast<const uint32_t*>(st)[lane * 32] +
+             reinterpret_cast<const uint32_t*>(st + kTile)[lane * 32];
+      __syncwarp();
+    }
+    wait_group<0>();
+  }
+  atomicAdd(a.sum, acc);
+}
+
 // P2: CTA-wide tiles of T rows (K tile then V tile), STAGES deep, one barrier
 // per tile, as a 128-key flash kernel streams.
 template <int THREADS, int T, int STAGES, int HINT>
@@ -263,7 +316,7 @@ int main(int argc, char** argv) {
   unsigned long long* sum;
   CHECK(cudaMalloc(&k, bytes));
   CHECK(cudaMalloc(&v, bytes));
-  CHECK(cudaMalloc(&sum, sizeof(*sum)));
+  CHECK(cudaMalloc(&sum, 2 * sizeof(*sum)));
   fill_random<<<1024, 256>>>(reinterpret_cast<uint32_t*>(k), bytes / 4, 1u);
   fill_random<<<1024, 256>>>(reinterpret_cast<uint32_t*>(v), bytes / 4, 2u);
   CHECK(cudaDeviceSynchronize());
@@ -328,6 +381,41 @@ int main(int argc, char** argv) {
     const double med = ms[ms.size() / 2];
     std::printf("%-55s %2d CTA/SM %8.1f us %7.0f GB/s (best %7.0f)\n", p.name, per_sm, med * 1e3,
                 2.0 * bytes / (med * 1e-3) / 1e9, 2.0 * bytes / (ms[0] * 1e-3) / 1e9);
+  }
+  // P5: persistent grids, items of ITEM rows handed out at run time.
+  struct Dyn {
+    const char* name;
+    const void* fn;
+    int item;
+    int ctas_per_sm;
+  };
+  const Dyn dyn[] = {
+      {"P5 dynamic items 256 rows, 2 CTA/SM", reinterpret_cast<const void*>(dynamic_items<4, 3, 256>), 256, 2},
+      {"P5 dynamic items 512 rows, 2 CTA/SM", reinterpret_cast<const void*>(dynamic_items<4, 3, 512>), 512, 2},
+      {"P5 dynamic items 1024 rows, 2 CTA/SM", reinterpret_cast<const void*>(dynamic_items<4, 3, 1024>), 1024, 2},
+      {"P5 dynamic items 512 rows, 1 CTA/SM", reinterpret_cast<const void*>(dynamic_items<4, 3, 512>), 512, 1},
+  };
+  for (const Dyn& d : dyn) {
+    if (keys % d.item != 0) continue;
+    const size_t smem = 2 * 4 * 3 * T16;
+    CHECK(cudaFuncSetAttribute(d.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    int total = units * (keys / d.item);
+    void* dparams[] = {&a, &total};
+    std::vector<float> ms;
+    for (int r = 0; r < 12; ++r) {
+      CHECK(cudaMemsetAsync(sum + 1, 0, sizeof(*sum)));
+      CHECK(cudaEventRecord(e0));
+      CHECK(cudaLaunchKernel(d.fn, dim3(d.ctas_per_sm * sms), dim3(128), dparams, smem, 0));
+      CHECK(cudaEventRecord(e1));
+      CHECK(cudaEventSynchronize(e1));
+      float t = 0;
+      CHECK(cudaEventElapsedTime(&t, e0, e1));
+      if (r >= 2) ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    const double med = ms[ms.size() / 2];
+    std::printf("%-55s %2d CTA/SM %8.1f us %7.0f GB/s (best %7.0f)\n", d.name, d.ctas_per_sm,
+                med * 1e3, 2.0 * bytes / (med * 1e-3) / 1e9, 2.0 * bytes / (ms[0] * 1e-3) / 1e9);
   }
   return 0;
 }
