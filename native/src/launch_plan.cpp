@@ -17,7 +17,32 @@ bool can_vectorise(const Problem& p) {
 }
 
 constexpr int kMaxCluster = 16;
-constexpr int kMaxCtasPerSm = 2;
+
+// How many split CTAs an SM should hold (0: as many as fit). A CTA keeps only
+// its ring's few tiles in flight, so a wave with few CTAs leaves HBM idle: a
+// grid of 512 D = 64 CTAs on 132 SMs runs 1.29 waves at three per SM (the last
+// one 29% full) but 1.94 at two, and is 5% (H100) to 13% (H200) faster at two
+// (docs/RESULTS.md). Many waves amortise a thin last one (2048 such CTAs: three
+// per SM is 1-5% faster), and a grid that fits one CTA per SM is left alone.
+// So: the most CTAs per SM whose last wave is at least half full, or that give
+// four or more waves; failing that, the count with the fullest waves.
+int ctas_per_sm_cap(int64_t ctas, int num_sms, int fit) {
+  if (fit <= 1 || num_sms <= 0 || ctas <= num_sms) return 0;
+  int best = fit;
+  double best_fill = -1.0;
+  for (int c = fit; c >= 1; --c) {
+    const double waves = static_cast<double>(ctas) / (static_cast<double>(c) * num_sms);
+    const double whole = static_cast<double>(static_cast<int64_t>(waves));
+    const double last = waves - whole;  // fill of the last wave, 0 when all are full
+    if (waves >= 4.0 || last == 0.0 || last >= 0.5) return c == fit ? 0 : c;
+    const double fill = waves / (whole + 1.0);  // used slots over all slots of the launch
+    if (fill > best_fill) {
+      best_fill = fill;
+      best = c;
+    }
+  }
+  return best == fit ? 0 : best;
+}
 
 // Dynamic shared memory that keeps an SM from holding more than
 // max_ctas_per_sm split CTAs (0: no padding). One per SM is 116 KB, as the
@@ -66,16 +91,11 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
                      s >= 2 && s <= kMaxCluster &&
                      units <= device_active_clusters(d.dev, d.cell, d.vec, s);
   d.write_partials = workspace_layout(p, s).bytes > 0 && !d.cluster_reduce;
-  // At most two vectorised split CTAs per SM: the cells whose shared memory
-  // would let three share an SM (head_dim <= 96) were measured faster capped
-  // at two (docs/RESULTS.md: 512 CTAs on 132 SMs fill 1.94 waves of two per
-  // SM, but 1.29 waves of three); D = 128 is at two already. The scalar-load
-  // kernel hides latency with many CTAs, so it is not capped.
   const int tuned_cap = tune_max_ctas_per_sm();
   d.max_ctas_per_sm = d.cluster_reduce || tune_one_cta_per_sm() ? 1
                       : tuned_cap > 0                           ? tuned_cap
-                      : d.vec                                   ? kMaxCtasPerSm
-                                                                : 0;
+                      : d.vec ? ctas_per_sm_cap(units * s, d.dev.num_sms, d.dev.ctas_per_sm)
+                              : 0;  // the scalar-load kernel hides latency with many CTAs
   return FD_STATUS_SUCCESS;
 }
 

@@ -301,6 +301,16 @@ void check_launch(const fd::Problem& p, long launches_before) {
   if (d.num_splits > 1)
     FUZZ_CHECK(d.cluster_reduce || d.write_partials, "%d splits but no reduction",
                d.num_splits);
+  // Shared memory is padded only for a cluster (one CTA per SM) or to thin out a
+  // vectorised grid of more CTAs than SMs, and never past what a CTA may have.
+  if (d.pad_smem_bytes > 0) {
+    const int64_t ctas = int64_t{d.batch_size} * d.num_kv_heads * r.head_blocks * d.num_splits;
+    FUZZ_CHECK(d.cluster_reduce || (r.vec && ctas > fdfuzz::g_device.num_sms &&
+                                    fdfuzz::g_device.ctas_per_sm > 1),
+               "shared memory padded to %d for %lld CTAs on %d SMs (vec %d)", d.pad_smem_bytes,
+               (long long)ctas, fdfuzz::g_device.num_sms, int(r.vec));
+    FUZZ_CHECK(d.pad_smem_bytes <= 227 * 1024, "pad %d past the opt-in limit", d.pad_smem_bytes);
+  }
   if (fd::batch_invariant(p) && d.k_len > 0)
     FUZZ_CHECK(d.write_partials && !d.cluster_reduce, "batch-invariant run skips the merge");
   if (d.write_partials) {
