@@ -18,23 +18,28 @@ bool can_vectorise(const Problem& p) {
 
 constexpr int kMaxCluster = 16;
 
-// How many split CTAs an SM should hold (0: as many as fit). A CTA keeps only
-// its ring's few tiles in flight, so a wave with few CTAs leaves HBM idle: a
-// grid of 512 D = 64 CTAs on 132 SMs runs 1.29 waves at three per SM (the last
-// one 29% full) but 1.94 at two, and is 5% (H100) to 13% (H200) faster at two
-// (docs/RESULTS.md). Many waves amortise a thin last one (2048 such CTAs: three
-// per SM is 1-5% faster), and a grid that fits one CTA per SM is left alone.
-// So: the most CTAs per SM whose last wave is at least half full, or that give
-// four or more waves; failing that, the count with the fullest waves.
+// How many split CTAs an SM should hold (0: as many as fit). Measured on H100
+// and H200 (docs/RESULTS.md) with D = 64, where four fit: four per SM is never
+// best; three is best for 2048 CTAs on 132 SMs (5.2 waves), but 512 CTAs run
+// 5% (H100) to 13% (H200) faster at two per SM (1.94 waves) than at three
+// (1.29 waves, the last one 29% full: too few CTAs left to keep HBM busy).
+// So: at most three, and fewer while the last wave would be under half full
+// in a launch of under four waves; failing that, the count with the fullest
+// waves. A grid that fits one CTA per SM is left alone.
 int ctas_per_sm_cap(int64_t ctas, int num_sms, int fit) {
+  constexpr int kMostUseful = 3;
   if (fit <= 1 || num_sms <= 0 || ctas <= num_sms) return 0;
-  int best = fit;
+  const int top = fit < kMostUseful ? fit : kMostUseful;
+  int best = top;
   double best_fill = -1.0;
-  for (int c = fit; c >= 1; --c) {
+  for (int c = top; c >= 1; --c) {
     const double waves = static_cast<double>(ctas) / (static_cast<double>(c) * num_sms);
     const double whole = static_cast<double>(static_cast<int64_t>(waves));
     const double last = waves - whole;  // fill of the last wave, 0 when all are full
-    if (waves >= 4.0 || last == 0.0 || last >= 0.5) return c == fit ? 0 : c;
+    if (waves >= 4.0 || last == 0.0 || last >= 0.5) {
+      best = c;
+      break;
+    }
     const double fill = waves / (whole + 1.0);  // used slots over all slots of the launch
     if (fill > best_fill) {
       best_fill = fill;
