@@ -48,10 +48,13 @@ struct SplitSmem {
   static constexpr int kRowStride = DPAD + 8;  // 16-byte pad: ldmatrix rows hit distinct banks
   static constexpr int kTileElems = kTileKeys * kRowStride;
   static constexpr int kStageElems = 2 * kTileElems;  // K tile then V tile
-  // Epilogue reuses the ring: per warp and row its max, sum and DPAD outputs,
-  // then the CTA's combined state that the other CTAs of a cluster read.
+  // Epilogue reuses the ring: per warp and row its max, sum and DPAD outputs
+  // (rows kOutStride apart: 8 floats of padding keep the warps' stores of 8 rows
+  // at once off one bank), then the CTA's combined state that the other CTAs of
+  // a cluster read.
+  static constexpr int kOutStride = DPAD + 8;
   static constexpr size_t kWarpStateFloats =
-      2 * kWarpsPerCta * kMaxGroupPerCta + kWarpsPerCta * kMaxGroupPerCta * DPAD;
+      2 * kWarpsPerCta * kMaxGroupPerCta + kWarpsPerCta * kMaxGroupPerCta * kOutStride;
   static constexpr size_t kCtaStateFloats = 2 * kMaxGroupPerCta + kMaxGroupPerCta * DPAD;
   static constexpr size_t kEpilogueBytes = sizeof(float) * (kWarpStateFloats + kCtaStateFloats);
   static constexpr size_t bytes(int stages) {
@@ -335,7 +338,10 @@ __global__ void __launch_bounds__(kThreadsPerCta)
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
 
-  // Combine the 4 warps in a fixed order through shared memory.
+  // Combine the warps in a fixed order through shared memory: each warp scales
+  // its outputs to the CTA's max, one thread per row sums the warps' sums, and
+  // the outputs are summed over the warps in warp order, four columns at a time.
+  constexpr int OS = S::kOutStride;
   __syncthreads();
   float* sm_m = reinterpret_cast<float*>(smem_raw);
   float* sm_l = sm_m + kWarpsPerCta * kMaxGroupPerCta;
@@ -362,40 +368,61 @@ __global__ void __launch_bounds__(kThreadsPerCta)
 #pragma unroll
   for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int row = gid + (e >> 1) * 8;
-      const int col = n * 8 + tid * 2 + (e & 1);
-      sm_o[(warp * kMaxGroupPerCta + row) * DPAD + col] = o[n][e] * f[e >> 1];
+    for (int r = 0; r < 2; ++r) {
+      const int row = gid + r * 8;
+      *reinterpret_cast<float2*>(&sm_o[(warp * kMaxGroupPerCta + row) * OS + n * 8 + tid * 2]) =
+          make_float2(o[n][2 * r] * f[r], o[n][2 * r + 1] * f[r]);
     }
-  __syncthreads();
-
-  const int64_t row_base = static_cast<int64_t>(b) * p.num_heads;
-  for (int idx = threadIdx.x; idx < nh * DPAD; idx += kThreadsPerCta) {
-    const int row = idx / DPAD, col = idx - row * DPAD;
-    if (col >= p.head_dim) continue;
+  // The CTA's state per row: the max over the warps and the sum of the warps'
+  // sums rescaled to it, in warp order.
+  float* row_m = cta_m;  // also what a cluster's CTAs read
+  float* row_l = cta_l;
+  if (threadIdx.x < kMaxGroupPerCta) {
+    const int row = threadIdx.x;
     float mall = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kWarpsPerCta; ++w) mall = fmaxf(mall, sm_m[w * kMaxGroupPerCta + row]);
-    float lsum = 0.f, acc = 0.f;
+    float lsum = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarpsPerCta; ++w) {
       const float mw = sm_m[w * kMaxGroupPerCta + row];
       lsum += mw == -INFINITY ? 0.f : sm_l[w * kMaxGroupPerCta + row] * exp2f(mw - mall);
-      acc += sm_o[(w * kMaxGroupPerCta + row) * DPAD + col];
     }
+    row_m[row] = mall;
+    row_l[row] = lsum;
+  }
+  __syncthreads();
+
+  const int64_t row_base = static_cast<int64_t>(b) * p.num_heads;
+  constexpr int C4 = DPAD / 4;
+  for (int idx = threadIdx.x; idx < nh * C4; idx += kThreadsPerCta) {
+    const int row = idx / C4, col = (idx - row * C4) * 4;
+    if (col >= p.head_dim) continue;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < kWarpsPerCta; ++w) {
+      const float4 v = *reinterpret_cast<const float4*>(&sm_o[(w * kMaxGroupPerCta + row) * OS + col]);
+      acc.x += v.x;
+      acc.y += v.y;
+      acc.z += v.z;
+      acc.w += v.w;
+    }
+    const float mall = row_m[row], lsum = row_l[row];
     const int h = hq0 + row;
     if (p.write_partials) {
       const int64_t prow = (row_base + h) * p.num_splits + split;
-      p.partial_o[prow * DPAD + col] = lsum > 0.f ? acc / lsum : 0.f;
+      // Columns past head_dim hold zeros; the merge never reads them.
+      *reinterpret_cast<float4*>(&p.partial_o[prow * DPAD + col]) =
+          lsum > 0.f ? make_float4(acc.x / lsum, acc.y / lsum, acc.z / lsum, acc.w / lsum)
+                     : make_float4(0.f, 0.f, 0.f, 0.f);
       if (col == 0) p.partial_lse[prow] = lsum > 0.f ? mall + log2f(lsum) : -INFINITY;
     } else if (p.cluster_reduce) {
-      cta_o[row * DPAD + col] = acc;
-      if (col == 0) {
-        cta_m[row] = mall;
-        cta_l[row] = lsum;
-      }
+      *reinterpret_cast<float4*>(&cta_o[row * DPAD + col]) = acc;
     } else {
-      write_output<T>(p, b, h, col, mall, lsum, acc);
+      const float a4[4] = {acc.x, acc.y, acc.z, acc.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (col + e < p.head_dim) write_output<T>(p, b, h, col + e, mall, lsum, a4[e]);
     }
   }
 
