@@ -32,6 +32,7 @@
 #include "fake_launch.h"
 #include "flashdecoding/flashdecoding.h"
 #include "kernel_table.h"
+#include "launch_plan.h"
 #include "problem.h"
 #include "split_policy.h"
 
@@ -391,7 +392,67 @@ void check_sizes(const fd_decode_params& c) {
   }
 }
 
+// Launch decisions that were chosen from measurements (docs/RESULTS.md) stay
+// as chosen: how many split CTAs share an SM, for a fake H100-like device
+// (132 SMs, 228 KB of shared memory per SM) on which `fit` CTAs would fit.
+void check_measured_decisions() {
+  struct Case {
+    int b, hq, hkv, k_len, d, fit;
+    int cap;  // 0: no padding
+  } cases[] = {
+      {32, 16, 16, 1024, 64, 4, 2},  // 512 CTAs: 1.94 waves at two per SM, not 1.29 at three
+      {32, 16, 16, 1024, 64, 3, 2},
+      {64, 32, 32, 1024, 64, 4, 3},  // 2048 CTAs: 5.2 waves at three per SM
+      {64, 32, 32, 1024, 64, 3, 0},  // ... which is what fits: no padding
+      {64, 32, 8, 2048, 128, 2, 0},  // D = 128: two fit, nothing to do
+      {8, 16, 16, 4096, 64, 4, 0},   // 128 CTAs: one per SM anyway
+      {1, 32, 8, 8192, 128, 4, 0},   // a split grid of <= one CTA per SM
+  };
+  const fdfuzz::FakeDevice saved = fdfuzz::g_device;
+  for (const Case& c : cases) {
+    fdfuzz::g_device = fdfuzz::FakeDevice{};
+    fdfuzz::g_device.num_sms = 132;
+    fdfuzz::g_device.cc = 90;
+    fdfuzz::g_device.ctas_per_sm = c.fit;
+    fd_decode_params q;
+    std::memset(&q, 0, sizeof(q));
+    q.struct_size = sizeof(q);
+    q.dtype = FD_DTYPE_BF16;
+    q.batch_size = c.b; q.num_heads = c.hq; q.num_kv_heads = c.hkv;
+    q.k_len = c.k_len; q.head_dim = c.d; q.scale = 0.125f;
+    const uint64_t base = uint64_t{1} << 40, region = uint64_t{1} << 36;
+    q.q = reinterpret_cast<const void*>(base);
+    q.k = reinterpret_cast<const void*>(base + region);
+    q.v = reinterpret_cast<const void*>(base + 2 * region);
+    q.y = reinterpret_cast<void*>(base + 3 * region);
+    q.workspace = reinterpret_cast<void*>(base + 4 * region);
+    q.workspace_bytes = size_t{1} << 34;
+    q.q_stride_b = q.y_stride_b = int64_t{c.hq} * c.d;
+    q.q_stride_h = q.y_stride_h = c.d;
+    q.k_stride_b = q.v_stride_b = int64_t{c.hkv} * c.k_len * c.d;
+    q.k_stride_h = q.v_stride_h = int64_t{c.k_len} * c.d;
+    q.k_stride_k = q.v_stride_k = c.d;
+    fd::Problem p;
+    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "case B%d: %s", c.b,
+               fd_last_error_message());
+    fd::LaunchDecision d;
+    FUZZ_CHECK(fd::decide_launch(p, true, &d) == FD_STATUS_SUCCESS, "case B%d: %s", c.b,
+               fd_last_error_message());
+    const int expect = c.cap == 0 ? 0 : 228 * 1024 / (c.cap + 1) - 1024 + 128;
+    const fd::DecodeParams dp = fd::make_decode_params(p, d);
+    FUZZ_CHECK(d.vec && dp.pad_smem_bytes == expect,
+               "%d/%d D%d B%d K%d with %d fitting: padded to %d bytes, expected %d (cap %d)",
+               c.hq, c.hkv, c.d, c.b, c.k_len, c.fit, dp.pad_smem_bytes, expect, c.cap);
+  }
+  fdfuzz::g_device = saved;
+}
+
 }  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  check_measured_decisions();
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const Input in = decode(data, size);
