@@ -5,10 +5,9 @@
 #   - time flashdecoding alone on the PERF.md grid for each,
 #   - sweep the split count (FD_TUNE_SPLITS) on the default build.
 #   usage: scripts/tune.sh [variants...]   e.g. "w4s3 w4s4 w8s2p256"
-#   (w: warps per CTA, s: cp.async stages, k: K/V copy order (0: K and V rows
-#    interleaved, 1: the tile's K rows, then its V rows; 0 unless given),
-#    p: L2 prefetch hint bytes, 256 unless given; a trailing x: P in one mma
-#    instead of hi + lo; extra -D flags for a variant: TUNE_FLAGS_<variant>)
+#   (w: warps per CTA, s: cp.async stages, p: L2 prefetch hint bytes, 256
+#    unless given; a trailing x: P in one mma instead of hi + lo; a _name
+#    suffix names a variant whose extra -D flags are in TUNE_FLAGS_<variant>)
 set -uo pipefail
 out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
@@ -16,12 +15,11 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$root/python${PYTHONPATH:+:$PYTHONPATH}
 variants=${*:-"w4s3 w4s2 w4s4 w8s2 w8s3"}
 for v in $variants; do
   base=${v%x}; splitp=1; [ "$base" != "$v" ] && splitp=0
-  base=${base%%_*}  # a _name suffix only names a variant with TUNE_FLAGS_<variant>
-  w=${base#w}; w=${w%%s*}; s=${base#*s}; s=${s%%[pk]*}; pf=256; ko=0
+  base=${base%%_*}
+  w=${base#w}; w=${w%%s*}; s=${base#*s}; s=${s%%p*}; pf=256
   case $base in *p*) pf=${base##*p};; esac
-  case $base in *k*) ko=${base##*k}; ko=${ko%%p*};; esac
   extra_var=TUNE_FLAGS_$v; extra=${!extra_var:-}
-  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_KV_ORDER=$ko -DFD_L2_PREFETCH=$pf -DFD_SPLIT_P=$splitp $extra"
+  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_L2_PREFETCH=$pf -DFD_SPLIT_P=$splitp $extra"
   cmake -S . -B "build-$v" -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a \
     "-DCMAKE_CUDA_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" > "$out/build-$v.log" 2>&1 \
     && cmake --build "build-$v" -j16 >> "$out/build-$v.log" 2>&1 || { echo "build $v failed"; tail "$out/build-$v.log"; continue; }

@@ -34,30 +34,6 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int sr
 #endif
 }
 
-// FD_EVICT_FIRST=1 (a tuning knob) marks the K/V lines evict-first in L2: the
-// cache is streamed once, so its lines need not push anything else out.
-#ifndef FD_EVICT_FIRST
-#define FD_EVICT_FIRST 0
-#endif
-__device__ __forceinline__ uint64_t evict_first_policy() {
-  uint64_t policy;
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-
-// A K/V copy: cp_async_16, with the evict-first hint when FD_EVICT_FIRST is on.
-__device__ __forceinline__ void cp_async_16_kv(void* smem, const void* gmem, int src_bytes,
-                                               uint64_t policy) {
-#if FD_EVICT_FIRST
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(
-                   smem_addr(smem)),
-               "l"(gmem), "r"(src_bytes), "l"(policy));
-#else
-  (void)policy;
-  cp_async_16(smem, gmem, src_bytes);
-#endif
-}
-
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int N>
