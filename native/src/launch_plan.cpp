@@ -57,7 +57,7 @@ int ctas_per_sm_cap(int64_t ctas, int num_sms, int fit) {
 int smem_pad_bytes(const LaunchDecision& d) {
   const int cap = d.max_ctas_per_sm;
   if (cap <= 0) return 0;
-  int pad = cap == 1 ? 116 * 1024
+  int pad = cap == 1 ? kOneCtaPerSmSmem
                      : (d.dev.smem_per_sm > 0 ? d.dev.smem_per_sm / (cap + 1) - 1024 + 128 : 0);
   if (d.dev.smem_per_block > 0 && pad > d.dev.smem_per_block) pad = d.dev.smem_per_block;
   return pad;

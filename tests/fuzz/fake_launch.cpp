@@ -62,8 +62,8 @@ int query_device(int cell, bool vec, DeviceView* out) {
   out->num_sms = fdfuzz::g_device.num_sms;
   out->cc = fdfuzz::g_device.cc;
   out->ctas_per_sm = n;
-  out->smem_per_sm = 228 * 1024;  // sm_90's, so the padding path runs
-  out->smem_per_block = 227 * 1024;
+  out->smem_per_sm = fdfuzz::kFakeSmemPerSm;
+  out->smem_per_block = fdfuzz::kFakeSmemPerBlock;
   return FD_STATUS_SUCCESS;
 }
 

@@ -10,6 +10,10 @@
 
 namespace fdfuzz {
 
+// Shared memory of every fake device: sm_90's, so the padding path runs.
+constexpr int kFakeSmemPerSm = 228 * 1024;
+constexpr int kFakeSmemPerBlock = 227 * 1024;
+
 // The fake current device, set by the fuzzer before each call.
 struct FakeDevice {
   int num_sms = 132;

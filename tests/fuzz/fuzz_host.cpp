@@ -295,7 +295,7 @@ void check_launch(const fd::Problem& p, long launches_before) {
                    d.num_splits <= fdfuzz::g_device.max_cluster &&
                    units <= fdfuzz::g_device.active_clusters && fdfuzz::g_device.cc >= 90 &&
                    fdfuzz::g_device.clusters_enabled &&
-                   !d.write_partials && !fd::batch_invariant(p) && d.pad_smem_bytes == 116 * 1024,
+                   !d.write_partials && !fd::batch_invariant(p) && d.pad_smem_bytes == fd::kOneCtaPerSmSmem,
                "cluster of %d (device max %d), write_partials %d", d.num_splits,
                fdfuzz::g_device.max_cluster, d.write_partials);
   }
@@ -310,7 +310,7 @@ void check_launch(const fd::Problem& p, long launches_before) {
                                     fdfuzz::g_device.ctas_per_sm > 1),
                "shared memory padded to %d for %lld CTAs on %d SMs (vec %d)", d.pad_smem_bytes,
                (long long)ctas, fdfuzz::g_device.num_sms, int(r.vec));
-    FUZZ_CHECK(d.pad_smem_bytes <= 227 * 1024, "pad %d past the opt-in limit", d.pad_smem_bytes);
+    FUZZ_CHECK(d.pad_smem_bytes <= fdfuzz::kFakeSmemPerBlock, "pad %d past the opt-in limit", d.pad_smem_bytes);
   }
   if (fd::batch_invariant(p) && d.k_len > 0)
     FUZZ_CHECK(d.write_partials && !d.cluster_reduce, "batch-invariant run skips the merge");
@@ -354,6 +354,18 @@ fd::Problem plain_problem(const fd_decode_params& c) {
   return p;
 }
 
+// bf16 params with these extents and everything else zero (no pointers).
+fd_decode_params extents_params(int32_t b, int32_t h, int32_t hkv, int32_t k_len, int32_t d,
+                                float scale) {
+  fd_decode_params q;
+  std::memset(&q, 0, sizeof(q));
+  q.struct_size = sizeof(q);
+  q.dtype = FD_DTYPE_BF16;
+  q.batch_size = b; q.num_heads = h; q.num_kv_heads = hkv;
+  q.k_len = k_len; q.head_dim = d; q.scale = scale;
+  return q;
+}
+
 // Both size functions on the extents of c.
 void check_sizes(const fd_decode_params& c) {
   const size_t plain = fd_flash_decoding_workspace_size(c.batch_size, c.num_heads,
@@ -367,12 +379,8 @@ void check_sizes(const fd_decode_params& c) {
   if (problem != FD_STATUS_SUCCESS) {
     FUZZ_CHECK(plain == 0, "workspace_size %zu for a refused problem", plain);
   }
-  fd_decode_params q;
-  std::memset(&q, 0, sizeof(q));
-  q.struct_size = sizeof(q);
-  q.dtype = FD_DTYPE_BF16;
-  q.batch_size = c.batch_size; q.num_heads = c.num_heads; q.num_kv_heads = c.num_kv_heads;
-  q.k_len = c.k_len; q.head_dim = c.head_dim; q.scale = 0.5f;
+  fd_decode_params q =
+      extents_params(c.batch_size, c.num_heads, c.num_kv_heads, c.k_len, c.head_dim, 0.5f);
   size_t bytes = 0x5a5a;
   const int st = fd_decode_workspace_size(&q, &bytes);
   check_status(st, "fd_decode_workspace_size(plain extents)");
@@ -414,12 +422,7 @@ void check_measured_decisions() {
     fdfuzz::g_device.num_sms = 132;
     fdfuzz::g_device.cc = 90;
     fdfuzz::g_device.ctas_per_sm = c.fit;
-    fd_decode_params q;
-    std::memset(&q, 0, sizeof(q));
-    q.struct_size = sizeof(q);
-    q.dtype = FD_DTYPE_BF16;
-    q.batch_size = c.b; q.num_heads = c.hq; q.num_kv_heads = c.hkv;
-    q.k_len = c.k_len; q.head_dim = c.d; q.scale = 0.125f;
+    fd_decode_params q = extents_params(c.b, c.hq, c.hkv, c.k_len, c.d, 0.125f);
     const uint64_t base = uint64_t{1} << 40, region = uint64_t{1} << 36;
     q.q = reinterpret_cast<const void*>(base);
     q.k = reinterpret_cast<const void*>(base + region);
@@ -438,7 +441,7 @@ void check_measured_decisions() {
     fd::LaunchDecision d;
     FUZZ_CHECK(fd::decide_launch(p, true, &d) == FD_STATUS_SUCCESS, "case B%d: %s", c.b,
                fd_last_error_message());
-    const int expect = c.cap == 0 ? 0 : 228 * 1024 / (c.cap + 1) - 1024 + 128;
+    const int expect = c.cap == 0 ? 0 : fdfuzz::kFakeSmemPerSm / (c.cap + 1) - 1024 + 128;
     const fd::DecodeParams dp = fd::make_decode_params(p, d);
     FUZZ_CHECK(d.vec && dp.pad_smem_bytes == expect,
                "%d/%d D%d B%d K%d with %d fitting: padded to %d bytes, expected %d (cap %d)",

@@ -29,22 +29,18 @@ constexpr size_t split_smem_bytes() {
   return SplitSmem<DPAD>::bytes(VEC ? kStages : 1);
 }
 
-// More than half of an SM's shared memory (228 KB on sm_90): one CTA per SM.
-// The kernel's shared-memory limit is raised to this, so padding up to it works.
-constexpr size_t kOneCtaPerSmSmem = 116 * 1024;
-
 template <typename T, int DPAD, bool VEC>
 size_t launch_smem_bytes(int pad_bytes) {
   const size_t base = split_smem_bytes<T, DPAD, VEC>();
   const size_t pad = pad_bytes > 0 ? static_cast<size_t>(pad_bytes) : 0;
-  return pad > base && pad <= kOneCtaPerSmSmem ? pad : base;
+  return pad > base && pad <= static_cast<size_t>(kOneCtaPerSmSmem) ? pad : base;
 }
 
 template <typename T, int DPAD, bool VEC>
 int prepare_split_kernel(int cc, int* ctas_per_sm) {
   auto kernel = split_kernel<T, DPAD, VEC>();
   const size_t smem = split_smem_bytes<T, DPAD, VEC>();
-  const size_t padded = launch_smem_bytes<T, DPAD, VEC>(static_cast<int>(kOneCtaPerSmSmem));
+  const size_t padded = launch_smem_bytes<T, DPAD, VEC>(kOneCtaPerSmSmem);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(padded));
   if (e != cudaSuccess) {  // a GPU with less shared memory: pad up to what a CTA may have
@@ -75,7 +71,7 @@ int active_split_clusters(int cluster) {
   cudaLaunchAttribute attr[1];
   cfg.gridDim = dim3(1, static_cast<unsigned>(cluster), 1);
   cfg.blockDim = dim3(kThreadsPerCta);
-  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(static_cast<int>(kOneCtaPerSmSmem));
+  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(kOneCtaPerSmSmem);
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = 1;
   attr[0].val.clusterDim.y = static_cast<unsigned>(cluster);
