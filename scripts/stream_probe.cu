@@ -53,8 +53,55 @@ struct Args {
   unsigned long long* sum;
 };
 
-// P1: the library's pattern. Each warp streams 16-row tiles of K and V (rows
-// interleaved) through its own ring; warps take tiles round robin.
+constexpr int kTile16 = 16 * kRow;  // bytes of one 16-row tile
+
+// One warp streams `n` 16-row tiles of K and V through its ring of STAGES
+// slots (2 * kTile16 bytes each): tile j starts (first + j * step) tiles into
+// kb and vb. ORDER 0 interleaves K and V rows (the library), 1 copies K rows,
+// then V rows. Returns a checksum of a word per lane of every tile.
+template <int STAGES, int HINT, int ORDER>
+__device__ unsigned long long stream_warp_tiles(uint8_t* ring, const uint8_t* kb,
+                                                const uint8_t* vb, int n, int first, int step,
+                                                int lane) {
+  auto load = [&](int j) {
+    uint8_t* s = ring + (j % STAGES) * 2 * kTile16;
+    const size_t off = static_cast<size_t>(first + j * step) * kTile16;
+#pragma unroll
+    for (int it = 0; it < kTile16 / 16 / 32; ++it) {
+      const int i = (lane + it * 32) * 16;
+      cp16<HINT>(s + i, kb + off + i);
+      if (ORDER == 0) cp16<HINT>(s + kTile16 + i, vb + off + i);
+    }
+    if (ORDER != 0) {
+#pragma unroll
+      for (int it = 0; it < kTile16 / 16 / 32; ++it) {
+        const int i = (lane + it * 32) * 16;
+        cp16<HINT>(s + kTile16 + i, vb + off + i);
+      }
+    }
+  };
+  unsigned long long acc = 0;
+#pragma unroll
+  for (int j = 0; j < STAGES - 1; ++j) {
+    if (j < n) load(j);
+    commit();
+  }
+  for (int j = 0; j < n; ++j) {
+    wait_group<STAGES - 2>();
+    __syncwarp();
+    if (j + STAGES - 1 < n) load(j + STAGES - 1);
+    commit();
+    const uint8_t* s = ring + (j % STAGES) * 2 * kTile16;
+    acc += reinterpret_cast<const uint32_t*>(s)[lane * 32] +
+           reinterpret_cast<const uint32_t*>(s + kTile16)[lane * 32];
+    __syncwarp();
+  }
+  wait_group<0>();
+  return acc;
+}
+
+// P1: the library's pattern. Each warp streams 16-row tiles of K and V through
+// its own ring; warps take tiles round robin.
 // PDL: 0 plain; 1 the library's use (let the next grid launch, then wait for
 // this one's predecessor before any load); 2 let the next grid launch and never
 // wait (consecutive launches overlap their ramps and tails).
@@ -63,53 +110,12 @@ __global__ void __launch_bounds__(WARPS * 32) per_warp_ring(Args a) {
   extern __shared__ __align__(16) uint8_t smem[];
   if (PDL == 1) asm volatile("griddepcontrol.wait;\n" ::: "memory");
   if (PDL >= 1) asm volatile("griddepcontrol.launch_dependents;\n" ::);
-  constexpr int kTile = 16 * kRow;  // bytes of one 16-row tile
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const uint8_t* kb = a.k + static_cast<size_t>(blockIdx.x) * a.keys * kRow;
-  const uint8_t* vb = a.v + static_cast<size_t>(blockIdx.x) * a.keys * kRow;
-  uint8_t* ring = smem + warp * STAGES * 2 * kTile;
+  const size_t unit = static_cast<size_t>(blockIdx.x) * a.keys * kRow;
   const int n_tiles = a.keys / 16;
   const int mine = (n_tiles - warp + WARPS - 1) / WARPS;
-  auto load = [&](int j) {
-    uint8_t* s = ring + (j % STAGES) * 2 * kTile;
-    const size_t off = static_cast<size_t>(warp + j * WARPS) * kTile;
-    if (ORDER == 0) {
-#pragma unroll
-      for (int it = 0; it < kTile / 16 / 32; ++it) {
-        const int i = (lane + it * 32) * 16;
-        cp16<HINT>(s + i, kb + off + i);
-        cp16<HINT>(s + kTile + i, vb + off + i);
-      }
-    } else {
-#pragma unroll
-      for (int it = 0; it < kTile / 16 / 32; ++it) {
-        const int i = (lane + it * 32) * 16;
-        cp16<HINT>(s + i, kb + off + i);
-      }
-#pragma unroll
-      for (int it = 0; it < kTile / 16 / 32; ++it) {
-        const int i = (lane + it * 32) * 16;
-        cp16<HINT>(s + kTile + i, vb + off + i);
-      }
-    }
-  };
-  unsigned long long acc = 0;
-#pragma unroll
-  for (int j = 0; j < STAGES - 1; ++j) {
-    if (j < mine) load(j);
-    commit();
-  }
-  for (int j = 0; j < mine; ++j) {
-    wait_group<STAGES - 2>();
-    __syncwarp();
-    if (j + STAGES - 1 < mine) load(j + STAGES - 1);
-    commit();
-    const uint8_t* s = ring + (j % STAGES) * 2 * kTile;
-    acc += reinterpret_cast<const uint32_t*>(s)[lane * 32] +
-           reinterpret_cast<const uint32_t*>(s + kTile)[lane * 32];
-    __syncwarp();
-  }
-  wait_group<0>();
+  const unsigned long long acc = stream_warp_tiles<STAGES, HINT, ORDER>(
+      smem + warp * STAGES * 2 * kTile16, a.k + unit, a.v + unit, mine, warp, WARPS, lane);
   atomicAdd(a.sum, acc);
 }
 
@@ -121,12 +127,9 @@ template <int WARPS, int STAGES, int ITEM>
 __global__ void __launch_bounds__(WARPS * 32) dynamic_items(Args a, int total_items) {
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ int item;
-  constexpr int kTile = 16 * kRow;
-  constexpr int kTiles = ITEM / 16;
+  constexpr int mine = (ITEM / 16 + WARPS - 1) / WARPS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  uint8_t* ring = smem + warp * STAGES * 2 * kTile;
   const int items_per_unit = a.keys / ITEM;
-  constexpr int mine = (kTiles + WARPS - 1) / WARPS;
   unsigned long long acc = 0;
   for (;;) {
     __syncthreads();
@@ -136,32 +139,8 @@ __global__ void __launch_bounds__(WARPS * 32) dynamic_items(Args a, int total_it
     if (it >= total_items) break;
     const int unit = it / items_per_unit, chunk = it - unit * items_per_unit;
     const size_t base = (static_cast<size_t>(unit) * a.keys + static_cast<size_t>(chunk) * ITEM) * kRow;
-    auto load = [&](int j) {
-      uint8_t* st = ring + (j % STAGES) * 2 * kTile;
-      const size_t off = base + static_cast<size_t>(warp + j * WARPS) * kTile;
-#pragma unroll
-      for (int u = 0; u < kTile / 16 / 32; ++u) {
-        const int i = (lane + u * 32) * 16;
-        cp16<256>(st + i, a.k + off + i);
-        cp16<256>(st + kTile + i, a.v + off + i);
-      }
-    };
-#pragma unroll
-    for (int j = 0; j < STAGES - 1; ++j) {
-      if (j < mine) load(j);
-      commit();
-    }
-    for (int j = 0; j < mine; ++j) {
-      wait_group<STAGES - 2>();
-      __syncwarp();
-      if (j + STAGES - 1 < mine) load(j + STAGES - 1);
-      commit();
-      const uint8_t* st = ring + (j % STAGES) * 2 * kTile;
-      acc += reinterpret_cast<const uint32_t*>(st)[lane * 32] +
-             reinterpret_cast<const uint32_t*>(st + kTile)[lane * 32];
-      __syncwarp();
-    }
-    wait_group<0>();
+    acc += stream_warp_tiles<STAGES, 256, 0>(smem + warp * STAGES * 2 * kTile16, a.k + base,
+                                             a.v + base, mine, warp, WARPS, lane);
   }
   atomicAdd(a.sum, acc);
 }
@@ -323,7 +302,7 @@ int main(int argc, char** argv) {
   int dev = 0, sms = 0;
   CHECK(cudaGetDevice(&dev));
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  constexpr int T16 = 16 * kRow;
+  constexpr int T16 = kTile16;
   const Probe probes[] = {
       make("P1 per-warp ring w4 s3 L2:256 interleaved (library)", per_warp_ring<4, 3, 256, 0>, 128, 2 * 4 * 3 * T16),
       make("P1 per-warp ring w4 s3 L2:256, padded to 1 CTA/SM", per_warp_ring<4, 3, 256, 0>, 128, 116 * 1024),
