@@ -116,7 +116,8 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 // FD_TUNE_CLUSTER=1 reduces splits in a thread block cluster (sm_90) instead of
 // the merge kernel: measured no faster on H100 (docs/RESULTS.md), so opt-in;
 // FD_TUNE_ONE_CTA_PER_SM=1 pads every launch to one CTA per SM;
-// FD_TUNE_MAX_CTAS_PER_SM=n caps split CTAs per SM at n instead of 2.
+// FD_TUNE_MAX_CTAS_PER_SM=n caps split CTAs per SM at n instead of the
+// wave rule of launch_plan.cpp.
 int tune_forced_splits() {
   static const int n = env_int("FD_TUNE_SPLITS");
   return n;

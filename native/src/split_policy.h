@@ -20,7 +20,8 @@ constexpr int kMinChunk = kTileKeys * kWarpsPerCta;  // a split gives every warp
 constexpr int kMaxGroupPerCta = 16;                 // query rows of one mma tile
 constexpr int kInvariantChunk = 512;                // fixed chunk of batch-invariant mode
 // Dynamic shared memory of a split CTA padded to one per SM: more than half of
-// sm_90's 228 KB. The cells raise their limit to this, so padding up to it works.
+// sm_90's 228 KB (a cluster launch would otherwise pack its CTAs two to an SM
+// on half the SMs). The cells raise their limit to this, so padding up to it works.
 constexpr int kOneCtaPerSmSmem = 116 * 1024;
 // Most splits the run-time policy picks (beyond: no gain measured, and the
 // cluster path holds at most this many CTAs).
