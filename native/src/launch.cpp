@@ -15,13 +15,12 @@ namespace {
 
 constexpr int kMaxDevices = 64;
 constexpr int kMaxCells = 16;
-constexpr int kMaxCluster = 16;
 
 struct KernelFacts {
   int ctas_per_sm = 0;  // 0 = not asked yet
   // Co-resident clusters of c CTAs (index c); -1 = not asked yet.
-  int active_clusters[kMaxCluster + 1] = {-1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                          -1, -1, -1, -1, -1, -1, -1, -1};
+  int active_clusters[kMaxClusterSplits + 1] = {-1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                -1, -1, -1, -1, -1, -1, -1, -1};
 };
 
 struct DeviceFacts {
@@ -95,7 +94,7 @@ int query_device(int cell, bool vec, DeviceView* out) {
 }
 
 int device_active_clusters(const DeviceView& dev, int cell, bool vec, int splits) {
-  if (splits < 1 || splits > kMaxCluster) return 0;
+  if (splits < 1 || splits > kMaxClusterSplits) return 0;
   std::lock_guard<std::mutex> lock(g_facts_mutex);
   int& n = g_facts[dev.device].kernel[cell][vec ? 1 : 0].active_clusters[splits];
   if (n < 0) n = kernel_cell(cell).active_clusters(vec, splits);

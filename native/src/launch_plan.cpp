@@ -16,8 +16,6 @@ bool can_vectorise(const Problem& p) {
          p.v_stride_h % 8 == 0 && p.v_stride_k % 8 == 0;
 }
 
-constexpr int kMaxCluster = 16;
-
 // How many split CTAs an SM should hold (0: as many as fit). Measured on H100
 // and H200 (docs/RESULTS.md) with D = 64, where four fit: four per SM is never
 // best; three is best for 2048 CTAs on 132 SMs (5.2 waves), but 512 CTAs run
@@ -93,7 +91,7 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   const int s = d.split.num_splits;
   const int64_t units = static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
   d.cluster_reduce = !batch_invariant(p) && tune_clusters_enabled() && d.dev.cc >= 90 &&
-                     s >= 2 && s <= kMaxCluster &&
+                     s >= 2 && s <= kMaxClusterSplits &&
                      units <= device_active_clusters(d.dev, d.cell, d.vec, s);
   d.write_partials = workspace_layout(p, s).bytes > 0 && !d.cluster_reduce;
   const int tuned_cap = tune_max_ctas_per_sm();

@@ -26,6 +26,8 @@ constexpr int kOneCtaPerSmSmem = 116 * 1024;
 // Most splits the run-time policy picks (beyond: no gain measured, and the
 // cluster path holds at most this many CTAs).
 constexpr int kPolicyMaxSplits = 16;
+// Largest thread block cluster of split CTAs (sm_90's non-portable limit).
+constexpr int kMaxClusterSplits = 16;
 // The policy aims at one CTA per SM; bounding splits by a GPU of this many SMs
 // keeps the workspace small for large batches and device independent.
 constexpr int64_t kMaxSplitCtas = 1024;

@@ -6,7 +6,6 @@
 // states are combined in a fixed order at the end, so results are bit-stable.
 #pragma once
 
-#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -27,23 +26,50 @@ constexpr float kLn2 = 0.6931471805599453f;
 #endif
 constexpr bool kSplitP = FD_SPLIT_P != 0;
 
+#ifndef FD_SMEM_SWIZZLE
+#define FD_SMEM_SWIZZLE 1
+#endif
+
 template <int DPAD>
 struct SplitSmem {
-  static constexpr int kRowStride = DPAD + 8;  // 16-byte pad: ldmatrix rows hit distinct banks
+  // K/V tile rows in shared memory. D = 64 and 128 rows (a multiple of 128
+  // bytes) are stored unpadded with their 16-byte chunks permuted, chunk c of
+  // row r at c ^ (r & 7): a warp's 16-byte copies land on whole 128-byte lines
+  // and the 8 rows an ldmatrix reads hit distinct banks. A 16-byte row pad
+  // (FD_SMEM_SWIZZLE=0) misaligns the copies: 1.6x the L2 requests, 3-5%
+  // slower streams. D = 80 and 96 keep the pad: rounding their rows up to 128
+  // elements and permuting was 2.5-3% faster at B32 but 6.6% slower at 32/8 D96
+  // B4 K4096 (docs/RESULTS.md).
+  static constexpr bool kSwizzle = FD_SMEM_SWIZZLE != 0 && DPAD % 64 == 0;
+  static constexpr int kRowStride = kSwizzle ? DPAD : DPAD + 8;
+  // Element offset of 8-element chunk `chunk` of tile row `row`.
+  static __device__ __forceinline__ int chunk_offset(int row, int chunk) {
+    return row * kRowStride + (kSwizzle ? (chunk ^ (row & 7)) : chunk) * 8;
+  }
   static constexpr int kTileElems = kTileKeys * kRowStride;
   static constexpr int kStageElems = 2 * kTileElems;  // K tile then V tile
   // Epilogue reuses the ring: per warp and row its max, sum and DPAD outputs
   // (rows kOutStride apart: 8 floats of padding keep the warps' stores of 8 rows
-  // at once off one bank), then the CTA's combined state that the other CTAs of
-  // a cluster read.
+  // at once off one bank), then the CTA's combined max and sum per row.
   static constexpr int kOutStride = DPAD + 8;
   static constexpr size_t kWarpStateFloats =
       2 * kWarpsPerCta * kMaxGroupPerCta + kWarpsPerCta * kMaxGroupPerCta * kOutStride;
-  static constexpr size_t kCtaStateFloats = 2 * kMaxGroupPerCta + kMaxGroupPerCta * DPAD;
-  static constexpr size_t kEpilogueBytes = sizeof(float) * (kWarpStateFloats + kCtaStateFloats);
-  static constexpr size_t bytes(int stages) {
+  static constexpr size_t kEpilogueBytes =
+      sizeof(float) * (kWarpStateFloats + 2 * kMaxGroupPerCta);
+  __host__ __device__ static constexpr size_t bytes(int stages) {
     const size_t ring = size_t{2} * kWarpsPerCta * stages * kStageElems;
     return ring > kEpilogueBytes ? ring : kEpilogueBytes;
+  }
+  // Cluster mode: past the ring, what the cluster's CTAs push to the CTA that
+  // finishes a row (row r goes to rank r % nc, as its slot r / nc): per source
+  // rank and slot the source's max, sum and unnormalised outputs. nc slots of
+  // ceil(nh / nc) rows never exceed nh + nc - 1.
+  static constexpr int kRecvRows = kMaxGroupPerCta + kMaxClusterSplits - 1;
+  __host__ __device__ static constexpr size_t recv_offset(int stages) {
+    return (bytes(stages) + 15) / 16 * 16;
+  }
+  static constexpr size_t cluster_bytes(int stages) {
+    return recv_offset(stages) + sizeof(float) * kRecvRows * (DPAD + 2);
   }
 };
 
@@ -55,7 +81,6 @@ template <typename T, int DPAD, bool VEC>
 __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const T* vbase,
                                              int64_t k_stride, int64_t v_stride, int key0,
                                              int key_end, int head_dim, int lane) {
-  constexpr int RS = SplitSmem<DPAD>::kRowStride;
   if constexpr (VEC) {
     constexpr int kChunks = DPAD / 8;
     static_assert(kTileKeys * kChunks % 32 == 0, "whole warp-wide copy steps");
@@ -69,8 +94,9 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const
       const bool ok = key < key_end && c * 8 < head_dim;
       const T* ks = ok ? kbase + key * k_stride + c * 8 : kbase;
       const T* vs = ok ? vbase + key * v_stride + c * 8 : vbase;
-      ptx::cp_async_16(sk + row * RS + c * 8, ks, ok ? 16 : 0);
-      ptx::cp_async_16(sv + row * RS + c * 8, vs, ok ? 16 : 0);
+      const int off = SplitSmem<DPAD>::chunk_offset(row, c);
+      ptx::cp_async_16(sk + off, ks, ok ? 16 : 0);
+      ptx::cp_async_16(sv + off, vs, ok ? 16 : 0);
     }
   } else {
     const T zero = ptx::from_float<T>(0.f);
@@ -78,8 +104,9 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const
       const int row = i / DPAD, c = i % DPAD;
       const int key = key0 + row;
       const bool ok = key < key_end && c < head_dim;
-      sk[row * RS + c] = ok ? kbase[key * k_stride + c] : zero;
-      sv[row * RS + c] = ok ? vbase[key * v_stride + c] : zero;
+      const int off = SplitSmem<DPAD>::chunk_offset(row, c / 8) + c % 8;
+      sk[off] = ok ? kbase[key * k_stride + c] : zero;
+      sv[off] = ok ? vbase[key * v_stride + c] : zero;
     }
   }
 }
@@ -116,7 +143,6 @@ __global__ void __launch_bounds__(kThreadsPerCta)
     decode_split_kernel(const DecodeParams p) {
   using Mma = ptx::Mma<T>;
   using S = SplitSmem<DPAD>;
-  constexpr int RS = S::kRowStride;
   constexpr int KSTEPS = DPAD / 16;  // QK^T reduction steps over head_dim
   constexpr int NT = DPAD / 8;       // 8-column output tiles of PV
   static_assert(DPAD % 16 == 0, "head_dim buckets are multiples of 16");
@@ -133,22 +159,37 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   const int hq0 = kvh * p.group_size + blockIdx.z * kMaxGroupPerCta;
   const int nh = min(kMaxGroupPerCta, p.group_size - static_cast<int>(blockIdx.z) * kMaxGroupPerCta);
 
+  // Cluster mode: count this CTA in as started; a CTA pushes into the others'
+  // shared memory only once all of the cluster's CTAs have.
+  const bool cluster_reduce = p.cluster_reduce != 0;
+  if (cluster_reduce) ptx::cluster_arrive_relaxed();
+  // Parameters used right after the wait or on every tile are read before it
+  // (ptx::pin), so their constant cache misses overlap the wait.
+  const int32_t* seq_lens = ptx::pin(p.seq_lens);
+  const int k_len = ptx::pin(p.k_len), window_size = ptx::pin(p.window_size);
+  const int chunk_len = ptx::pin(p.chunk_len);
+  const T* kbase = ptx::pin(static_cast<const T*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h);
+  const T* vbase = ptx::pin(static_cast<const T*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h);
+  const float scale_log2 = ptx::pin(p.scale_log2);
+  const bool logit_mods = ptx::pin(p.has_logit_mods) != 0;
+  const bool write_partials = ptx::pin(p.write_partials) != 0;
+  const int num_splits = ptx::pin(p.num_splits), num_heads = ptx::pin(p.num_heads);
+  float* partial_o = ptx::pin(p.partial_o);
+  float* partial_lse = ptx::pin(p.partial_lse);
   // Inputs may be produced by the previous kernel in the stream (PDL); the
   // merge may be scheduled as soon as every CTA of this grid is running.
   ptx::grid_dependency_wait();
   ptx::launch_dependents();
 
-  int seq_len = p.k_len;
-  if (p.seq_lens != nullptr) seq_len = min(max(p.seq_lens[b], 0), p.k_len);
-  const int lo = p.window_size > 0 ? max(0, seq_len - p.window_size) : 0;
-  const int chunk0 = split * p.chunk_len;
+  int seq_len = k_len;
+  if (seq_lens != nullptr) seq_len = min(max(seq_lens[b], 0), k_len);
+  const int lo = window_size > 0 ? max(0, seq_len - window_size) : 0;
+  const int chunk0 = split * chunk_len;
   const int key_begin = max(chunk0, lo);
-  const int key_end = min(chunk0 + p.chunk_len, seq_len);
+  const int key_end = min(chunk0 + chunk_len, seq_len);
   const int n_tiles = key_end > key_begin ? (key_end - key_begin + kTileKeys - 1) / kTileKeys : 0;
   const int my_tiles = n_tiles > warp ? (n_tiles - warp + kWarpsPerCta - 1) / kWarpsPerCta : 0;
 
-  const T* kbase = static_cast<const T*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
-  const T* vbase = static_cast<const T*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
   T* ring = smem + warp * STAGES * S::kStageElems;
   // Tiles dealt round robin, so the CTA's copies in flight are one contiguous
   // stretch (1-5% faster than a contiguous quarter per warp, docs/RESULTS.md).
@@ -215,7 +256,7 @@ __global__ void __launch_bounds__(kThreadsPerCta)
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks) {
       uint32_t kb[4];
-      ptx::ldmatrix_x4(kb, sk + ((lane >> 4) * 8 + (lane & 7)) * RS + ks * 16 + ((lane >> 3) & 1) * 8);
+      ptx::ldmatrix_x4(kb, sk + S::chunk_offset((lane >> 4) * 8 + (lane & 7), ks * 2 + ((lane >> 3) & 1)));
       Mma::run(s[0], qf[ks], kb[0], kb[1]);
       Mma::run(s[1], qf[ks], kb[2], kb[3]);
     }
@@ -227,8 +268,8 @@ __global__ void __launch_bounds__(kThreadsPerCta)
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + n * 8 + tid * 2 + (e & 1);
         float x;
-        if (!p.has_logit_mods) {
-          x = s[n][e] * p.scale_log2;
+        if (!logit_mods) {
+          x = s[n][e] * scale_log2;
         } else {
           float logit = s[n][e] * p.scale;
           if (p.logits_soft_cap > 0.f)
@@ -281,7 +322,7 @@ __global__ void __launch_bounds__(kThreadsPerCta)
 #pragma unroll
     for (int np = 0; np < NT / 2; ++np) {
       uint32_t vb[4];
-      ptx::ldmatrix_x4_trans(vb, sv + (((lane >> 3) & 1) * 8 + (lane & 7)) * RS + np * 16 + (lane >> 4) * 8);
+      ptx::ldmatrix_x4_trans(vb, sv + S::chunk_offset(((lane >> 3) & 1) * 8 + (lane & 7), np * 2 + (lane >> 4)));
       Mma::run(o[2 * np], a_hi, vb[0], vb[1]);
       Mma::run(o[2 * np + 1], a_hi, vb[2], vb[3]);
       if constexpr (kSplitP) {
@@ -309,7 +350,6 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   float* sm_o = sm_l + kWarpsPerCta * kMaxGroupPerCta;
   float* cta_m = reinterpret_cast<float*>(smem_raw) + S::kWarpStateFloats;
   float* cta_l = cta_m + kMaxGroupPerCta;
-  float* cta_o = cta_l + kMaxGroupPerCta;
   if (tid == 0) {
     sm_m[warp * kMaxGroupPerCta + gid] = m[0];
     sm_m[warp * kMaxGroupPerCta + gid + 8] = m[1];
@@ -326,17 +366,22 @@ __global__ void __launch_bounds__(kThreadsPerCta)
     for (int w = 0; w < kWarpsPerCta; ++w) mall = fmaxf(mall, sm_m[w * kMaxGroupPerCta + row]);
     f[r] = m[r] == -INFINITY ? 0.f : exp2f(m[r] - mall);
   }
+  // Only the CTA's nh query rows are stored (GQA groups of 4 or 8 leave the
+  // upper half of the mma tile empty).
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int r = 0; r < 2; ++r) {
+    const int row = gid + r * 8;
+    if (r * 8 >= nh) break;  // uniform over the CTA
+    if (row < nh) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = gid + r * 8;
-      *reinterpret_cast<float2*>(&sm_o[(warp * kMaxGroupPerCta + row) * OS + n * 8 + tid * 2]) =
-          make_float2(o[n][2 * r] * f[r], o[n][2 * r + 1] * f[r]);
+      for (int n = 0; n < NT; ++n)
+        *reinterpret_cast<float2*>(&sm_o[(warp * kMaxGroupPerCta + row) * OS + n * 8 + tid * 2]) =
+            make_float2(o[n][2 * r] * f[r], o[n][2 * r + 1] * f[r]);
     }
+  }
   // The CTA's state per row: the max over the warps and the sum of the warps'
   // sums rescaled to it, in warp order.
-  float* row_m = cta_m;  // also what a cluster's CTAs read
+  float* row_m = cta_m;
   float* row_l = cta_l;
   if (threadIdx.x < kMaxGroupPerCta) {
     const int row = threadIdx.x;
@@ -354,8 +399,15 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   }
   __syncthreads();
 
-  const int64_t row_base = static_cast<int64_t>(b) * p.num_heads;
+  const int64_t row_base = static_cast<int64_t>(b) * num_heads;
   constexpr int C4 = DPAD / 4;
+  // Cluster mode: rank, cluster size and where pushed states land.
+  float* recv_o = reinterpret_cast<float*>(smem_raw + S::recv_offset(STAGES));
+  float* recv_m = recv_o + S::kRecvRows * DPAD;
+  float* recv_l = recv_m + S::kRecvRows;
+  const int nc = num_splits, rank = split;  // a cluster spans a unit's splits
+  const int slots = (nh + nc - 1) / nc;
+  if (cluster_reduce) ptx::cluster_wait();  // every CTA of the cluster has started
   for (int idx = threadIdx.x; idx < nh * C4; idx += kThreadsPerCta) {
     const int row = idx / C4, col = (idx - row * C4) * 4;
     if (col >= p.head_dim) continue;
@@ -370,15 +422,20 @@ __global__ void __launch_bounds__(kThreadsPerCta)
     }
     const float mall = row_m[row], lsum = row_l[row];
     const int h = hq0 + row;
-    if (p.write_partials) {
-      const int64_t prow = (row_base + h) * p.num_splits + split;
+    if (write_partials) {
+      const int64_t prow = (row_base + h) * nc + split;
       // Columns past head_dim hold zeros; the merge never reads them.
-      *reinterpret_cast<float4*>(&p.partial_o[prow * DPAD + col]) =
-          lsum > 0.f ? make_float4(acc.x / lsum, acc.y / lsum, acc.z / lsum, acc.w / lsum)
-                     : make_float4(0.f, 0.f, 0.f, 0.f);
-      if (col == 0) p.partial_lse[prow] = lsum > 0.f ? mall + log2f(lsum) : -INFINITY;
-    } else if (p.cluster_reduce) {
-      *reinterpret_cast<float4*>(&cta_o[row * DPAD + col]) = acc;
+      const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
+      *reinterpret_cast<float4*>(&partial_o[prow * DPAD + col]) =
+          make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+      if (col == 0) partial_lse[prow] = lsum > 0.f ? mall + log2f(lsum) : -INFINITY;
+    } else if (cluster_reduce) {
+      const int owner = row % nc, rrow = rank * slots + row / nc;
+      ptx::st_cluster_f4(ptx::cluster_map(recv_o + rrow * DPAD + col, owner), acc);
+      if (col == 0) {
+        ptx::st_cluster_f(ptx::cluster_map(recv_m + rrow, owner), mall);
+        ptx::st_cluster_f(ptx::cluster_map(recv_l + rrow, owner), lsum);
+      }
     } else {
       const float a4[4] = {acc.x, acc.y, acc.z, acc.w};
 #pragma unroll
@@ -388,35 +445,39 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   }
 
   // Cluster mode: the num_splits CTAs of one (batch, KV head, head block) are a
-  // thread block cluster; they combine their states through distributed shared
-  // memory, each CTA finishing a slice of the outputs, ranks in a fixed order.
-  // Clusters exist from sm_90 on; the host never asks for them below that.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (p.cluster_reduce) {
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    cluster.sync();
-    const int nc = static_cast<int>(cluster.num_blocks());
-    const int rank = static_cast<int>(cluster.block_rank());
-    for (int idx = rank * kThreadsPerCta + threadIdx.x; idx < nh * DPAD;
-         idx += nc * kThreadsPerCta) {
-      const int row = idx / DPAD, col = idx - row * DPAD;
+  // thread block cluster. Each has pushed its state for row r into the shared
+  // memory of rank r % nc; after one cluster barrier every CTA finishes its rows
+  // from its own shared memory, sources in rank order (bit-stable), and may
+  // leave at once: nothing reads another CTA's memory after the barrier.
+  if (cluster_reduce) {
+    ptx::cluster_arrive_release();
+    ptx::cluster_wait_acquire();
+    const int my_rows = rank < nh ? (nh - rank + nc - 1) / nc : 0;
+    for (int idx = threadIdx.x; idx < my_rows * DPAD; idx += kThreadsPerCta) {
+      const int k = idx / DPAD, col = idx - k * DPAD;
       if (col >= p.head_dim) continue;
-      float mall = -INFINITY;
-      for (int c = 0; c < nc; ++c) mall = fmaxf(mall, cluster.map_shared_rank(cta_m, c)[row]);
-      float lsum = 0.f, acc = 0.f;
-      for (int c = 0; c < nc; ++c) {
-        const float mc = cluster.map_shared_rank(cta_m, c)[row];
-        if (mc == -INFINITY) continue;
-        const float f = exp2f(mc - mall);
-        lsum += cluster.map_shared_rank(cta_l, c)[row] * f;
-        acc += cluster.map_shared_rank(cta_o, c)[row * DPAD + col] * f;
+      float mc[kMaxClusterSplits], lc[kMaxClusterSplits], oc[kMaxClusterSplits];
+#pragma unroll
+      for (int c = 0; c < kMaxClusterSplits; ++c) {  // all loads first: one latency
+        const int rr = c * slots + k;
+        mc[c] = c < nc ? recv_m[rr] : -INFINITY;
+        lc[c] = c < nc ? recv_l[rr] : 0.f;
+        oc[c] = c < nc ? recv_o[rr * DPAD + col] : 0.f;
       }
-      write_output<T>(p, b, hq0 + row, col, mall, lsum, acc);
+      float mall = -INFINITY;
+#pragma unroll
+      for (int c = 0; c < kMaxClusterSplits; ++c) mall = fmaxf(mall, mc[c]);
+      float lsum = 0.f, acc = 0.f;
+#pragma unroll
+      for (int c = 0; c < kMaxClusterSplits; ++c) {
+        if (mc[c] == -INFINITY) continue;  // also every rank >= nc
+        const float f = exp2f(mc[c] - mall);
+        lsum += lc[c] * f;
+        acc += oc[c] * f;
+      }
+      write_output<T>(p, b, hq0 + rank + k * nc, col, mall, lsum, acc);
     }
-    cluster.sync();  // no CTA leaves while another still reads its shared memory
   }
-#endif
 }
 
 }  // namespace fd

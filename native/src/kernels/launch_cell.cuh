@@ -29,9 +29,16 @@ constexpr size_t split_smem_bytes() {
   return SplitSmem<DPAD>::bytes(VEC ? kStages : 1);
 }
 
+// A cluster launch also holds the states the other CTAs push (past the ring).
 template <typename T, int DPAD, bool VEC>
-size_t launch_smem_bytes(int pad_bytes) {
-  const size_t base = split_smem_bytes<T, DPAD, VEC>();
+constexpr size_t cluster_smem_bytes() {
+  return SplitSmem<DPAD>::cluster_bytes(VEC ? kStages : 1);
+}
+
+template <typename T, int DPAD, bool VEC>
+size_t launch_smem_bytes(int pad_bytes, bool cluster = false) {
+  const size_t base =
+      cluster ? cluster_smem_bytes<T, DPAD, VEC>() : split_smem_bytes<T, DPAD, VEC>();
   const size_t pad = pad_bytes > 0 ? static_cast<size_t>(pad_bytes) : 0;
   return pad > base && pad <= static_cast<size_t>(kOneCtaPerSmSmem) ? pad : base;
 }
@@ -40,7 +47,7 @@ template <typename T, int DPAD, bool VEC>
 int prepare_split_kernel(int cc, int* ctas_per_sm) {
   auto kernel = split_kernel<T, DPAD, VEC>();
   const size_t smem = split_smem_bytes<T, DPAD, VEC>();
-  const size_t padded = launch_smem_bytes<T, DPAD, VEC>(kOneCtaPerSmSmem);
+  const size_t padded = launch_smem_bytes<T, DPAD, VEC>(kOneCtaPerSmSmem, true);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(padded));
   if (e != cudaSuccess) {  // a GPU with less shared memory: pad up to what a CTA may have
@@ -71,7 +78,7 @@ int active_split_clusters(int cluster) {
   cudaLaunchAttribute attr[1];
   cfg.gridDim = dim3(1, static_cast<unsigned>(cluster), 1);
   cfg.blockDim = dim3(kThreadsPerCta);
-  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(kOneCtaPerSmSmem);
+  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(kOneCtaPerSmSmem, true);
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = 1;
   attr[0].val.clusterDim.y = static_cast<unsigned>(cluster);
@@ -120,7 +127,7 @@ cudaError_t launch_split(const DecodeParams& p, int head_blocks, bool pdl, cudaS
   cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_kv_heads),
                      static_cast<unsigned>(p.num_splits), static_cast<unsigned>(head_blocks));
   cfg.blockDim = dim3(kThreadsPerCta);
-  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(p.pad_smem_bytes);
+  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(p.pad_smem_bytes, p.cluster_reduce != 0);
   cfg.stream = stream;
   set_pdl(cfg, attr, pdl);
   if (p.cluster_reduce) add_cluster(cfg, attr, static_cast<unsigned>(p.num_splits));

@@ -22,17 +22,24 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(const Decod
   __shared__ float warp_m[kMergeWarps], warp_d[kMergeWarps];
   __shared__ __align__(16) float part[kMergeWarps][DPAD];
 
-  ptx::grid_dependency_wait();  // the split kernel's partials are complete
-  ptx::launch_dependents();     // let the next kernel in the stream get ready
-
+  // Everything taken from the parameters is read before the wait (ptx::pin).
   const int64_t row = blockIdx.x;
-  const int b = static_cast<int>(row / p.num_heads);
-  const int h = static_cast<int>(row - static_cast<int64_t>(b) * p.num_heads);
-  const int ns = p.num_splits;
-  const float* lse = p.partial_lse + row * ns;
-  const float* po = p.partial_o + row * ns * DPAD;
+  const int num_heads = ptx::pin(p.num_heads);
+  const int b = static_cast<int>(row / num_heads);
+  const int h = static_cast<int>(row - static_cast<int64_t>(b) * num_heads);
+  const int ns = ptx::pin(p.num_splits);
+  const int head_dim = ptx::pin(p.head_dim);
+  const float* lse = ptx::pin(p.partial_lse + row * ns);
+  const float* po = ptx::pin(p.partial_o + row * ns * DPAD);
+  T* yr = ptx::pin(static_cast<T*>(p.y) + b * p.y_stride_b + h * p.y_stride_h);
+  const float* sinks = ptx::pin(p.sinks);
+  float* lse_out =
+      ptx::pin(p.lse != nullptr ? p.lse + b * p.lse_stride_b + h * p.lse_stride_h : nullptr);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const bool has_cols = lane * 4 < DPAD;
+
+  ptx::grid_dependency_wait();  // the split kernel's partials are complete
+  ptx::launch_dependents();     // let the next kernel in the stream get ready
 
   // Warp w folds splits w, w + 8, ... into one running state (max, sum, sum of
   // weighted outputs), lane l holding columns 4l .. 4l + 3. Loads of later
@@ -66,8 +73,8 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(const Decod
 #pragma unroll
   for (int w = 0; w < kMergeWarps; ++w) mall = fmaxf(mall, warp_m[w]);
   float sink = -INFINITY;
-  if (p.sinks != nullptr) {
-    sink = p.sinks[h] * kLog2e;
+  if (sinks != nullptr) {
+    sink = sinks[h] * kLog2e;
     mall = fmaxf(mall, sink);
   }
   const float base = mall == -INFINITY ? 0.f : mall;
@@ -78,18 +85,16 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(const Decod
     f[w] = exp2f(warp_m[w] - base);
     den += warp_d[w] * f[w];
   }
-  if (p.sinks != nullptr) den += exp2f(sink - base);
+  if (sinks != nullptr) den += exp2f(sink - base);
   const int col = threadIdx.x;
-  if (col < p.head_dim) {
+  if (col < head_dim) {
     float sum = 0.f;
 #pragma unroll
     for (int w = 0; w < kMergeWarps; ++w) sum += part[w][col] * f[w];
-    T* yr = static_cast<T*>(p.y) + b * p.y_stride_b + h * p.y_stride_h;
     yr[col] = ptx::from_float<T>(den > 0.f ? sum / den : 0.f);
   }
-  if (col == 0 && p.lse != nullptr)
-    p.lse[b * p.lse_stride_b + h * p.lse_stride_h] =
-        den > 0.f ? (base + log2f(den)) * kLn2 : -INFINITY;
+  if (col == 0 && lse_out != nullptr)
+    *lse_out = den > 0.f ? (base + log2f(den)) * kLn2 : -INFINITY;
 }
 
 }  // namespace fd

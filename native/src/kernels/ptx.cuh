@@ -104,6 +104,72 @@ __device__ __forceinline__ void split_pack(float x0, float x1, uint32_t& hi, uin
   lo = Mma<T>::pack(x0 - h.x, x1 - h.y);
 }
 
+// Pins a value (typically a kernel parameter) in a register at this point of
+// the program: called before grid_dependency_wait(), the parameter's constant
+// cache miss (each launch has a fresh parameter bank) overlaps the wait for
+// the previous grid instead of stalling the critical path after it.
+__device__ __forceinline__ int pin(int v) {
+  asm volatile("mov.b32 %0, %0;" : "+r"(v));
+  return v;
+}
+__device__ __forceinline__ float pin(float v) {
+  asm volatile("mov.b32 %0, %0;" : "+f"(v));
+  return v;
+}
+template <typename P>
+__device__ __forceinline__ P* pin(P* v) {
+  uint64_t u = reinterpret_cast<uint64_t>(v);
+  asm volatile("mov.b64 %0, %0;" : "+l"(u));
+  return reinterpret_cast<P*>(u);
+}
+
+// Thread block cluster barrier (sm_90+; the host asks for clusters only
+// there), split into its arrive and wait halves, and stores into the shared
+// memory of another CTA of the cluster.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_arrive_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait_acquire() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+// The shared::cluster address of `local` (an address in this CTA's shared
+// memory) in the CTA of cluster rank `rank`.
+__device__ __forceinline__ uint32_t cluster_map(const void* local, int rank) {
+  uint32_t remote = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+               : "=r"(remote)
+               : "r"(smem_addr(local)), "r"(rank));
+#endif
+  return remote;
+}
+__device__ __forceinline__ void st_cluster_f4(uint32_t addr, float4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(v.x),
+               "f"(v.y), "f"(v.z), "f"(v.w)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void st_cluster_f(uint32_t addr, float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
+#endif
+}
+
 // Programmatic dependent launch (sm_90+): wait until the grids this one depends
 // on have finished and their writes are visible. A no-op before sm_90 and when
 // the launch did not ask for programmatic serialisation.
