@@ -5,8 +5,8 @@
 #   - time flashdecoding alone on the PERF.md grid for each,
 #   - sweep the split count (FD_TUNE_SPLITS) on the default build.
 #   usage: scripts/tune.sh [variants...]   e.g. "w4s3 w4s4 w8s2p256"
-#   (w: warps per CTA, s: cp.async stages, p: L2 prefetch hint bytes, 256
-#    unless given; a trailing x: P in one mma instead of hi + lo; a _name
+#   (w: warps per CTA, s: cp.async stages, p: L2 prefetch hint bytes for every
+#    head_dim, else the library's choice per layout; a trailing x: P in one mma instead of hi + lo; a _name
 #    suffix names a variant whose extra -D flags are in TUNE_FLAGS_<variant>)
 set -uo pipefail
 out=${OUT:-/tmp/fd_out}; mkdir -p "$out"
@@ -16,10 +16,10 @@ variants=${*:-"w4s3 w4s2 w4s4 w8s2 w8s3"}
 for v in $variants; do
   base=${v%x}; splitp=1; [ "$base" != "$v" ] && splitp=0
   base=${base%%_*}
-  w=${base#w}; w=${w%%s*}; s=${base#*s}; s=${s%%p*}; pf=256
+  w=${base#w}; w=${w%%s*}; s=${base#*s}; s=${s%%p*}; pf=
   case $base in *p*) pf=${base##*p};; esac
   extra_var=TUNE_FLAGS_$v; extra=${!extra_var:-}
-  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s -DFD_L2_PREFETCH=$pf -DFD_SPLIT_P=$splitp $extra"
+  flags="-DFD_WARPS_PER_CTA=$w -DFD_STAGES=$s ${pf:+-DFD_L2_PREFETCH=$pf} -DFD_SPLIT_P=$splitp $extra"
   cmake -S . -B "build-$v" -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a \
     "-DCMAKE_CUDA_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" > "$out/build-$v.log" 2>&1 \
     && cmake --build "build-$v" -j16 >> "$out/build-$v.log" 2>&1 || { echo "build $v failed"; tail "$out/build-$v.log"; continue; }

@@ -33,6 +33,8 @@ struct DecodeParams {
   // Host side only: > 0 pads the split kernel's dynamic shared memory to this
   // many bytes, so that fewer of its CTAs share an SM.
   int32_t pad_smem_bytes;
+  // Host side only: launch the wide (kWideWarpsPerCta) split kernel.
+  int32_t wide_cta;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
 

@@ -18,6 +18,7 @@ constexpr int kMaxCells = 16;
 
 struct KernelFacts {
   int ctas_per_sm = 0;  // 0 = not asked yet
+  int wide_ctas_per_sm = 0;  // of the wide split kernel; 0 = cannot run
   // Co-resident clusters of c CTAs (index c); -1 = not asked yet.
   int active_clusters[kMaxClusterSplits + 1] = {-1, -1, -1, -1, -1, -1, -1, -1, -1,
                                                 -1, -1, -1, -1, -1, -1, -1, -1};
@@ -74,8 +75,8 @@ int query_device(int cell, bool vec, DeviceView* out) {
   }
   KernelFacts& k = f.kernel[cell][vec ? 1 : 0];
   if (k.ctas_per_sm == 0) {
-    int n = 0;
-    const int ce = kernel_cell(cell).prepare(vec, f.cc, &n);
+    int n = 0, wide = 0;
+    const int ce = kernel_cell(cell).prepare(vec, f.cc, &n, &wide);
     if (ce != cudaSuccess)
       return cuda_fail(static_cast<cudaError_t>(ce),
                        "preparing the decode kernel (is this GPU one of fd_compiled_architectures()?)");
@@ -83,6 +84,7 @@ int query_device(int cell, bool vec, DeviceView* out) {
       return fail(FD_STATUS_UNSUPPORTED, "the decode kernel %s cannot run on device %d",
                   kernel_cell(cell).name, dev);
     k.ctas_per_sm = n;
+    k.wide_ctas_per_sm = wide > 0 ? wide : 0;
   }
   out->device = dev;
   out->num_sms = f.num_sms;
@@ -90,6 +92,7 @@ int query_device(int cell, bool vec, DeviceView* out) {
   out->smem_per_sm = f.smem_per_sm;
   out->smem_per_block = f.smem_per_block;
   out->ctas_per_sm = k.ctas_per_sm;
+  out->wide_ctas_per_sm = k.wide_ctas_per_sm;
   return FD_STATUS_SUCCESS;
 }
 
@@ -116,7 +119,9 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 // the merge kernel: measured no faster on H100 (docs/RESULTS.md), so opt-in;
 // FD_TUNE_ONE_CTA_PER_SM=1 pads every launch to one CTA per SM;
 // FD_TUNE_MAX_CTAS_PER_SM=n caps split CTAs per SM at n instead of the
-// wave rule of launch_plan.cpp.
+// wave rule of launch_plan.cpp;
+// FD_TUNE_WIDE=0 never runs the wide split kernel, =2 runs it for every
+// head_dim bucket when nothing is split (default: bucket 64 only).
 int tune_forced_splits() {
   static const int n = env_int("FD_TUNE_SPLITS");
   return n;
@@ -130,6 +135,11 @@ bool tune_clusters_enabled() {
 bool tune_one_cta_per_sm() {
   static const bool on = env_int("FD_TUNE_ONE_CTA_PER_SM") != 0;
   return on;
+}
+
+int tune_wide() {
+  static const int n = std::getenv("FD_TUNE_WIDE") != nullptr ? env_int("FD_TUNE_WIDE") : -1;
+  return n;
 }
 
 int tune_max_ctas_per_sm() {

@@ -99,6 +99,16 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
                       : tuned_cap > 0                           ? tuned_cap
                       : d.vec ? ctas_per_sm_cap(units * s, d.dev.num_sms, d.dev.ctas_per_sm)
                               : 0;  // the scalar-load kernel hides latency with many CTAs
+  // With nothing split, D = 64 runs 8 warps per CTA (two CTAs, 16 warps per
+  // SM) instead of 4: measured 4% faster on 16/16 D64 B32 K1024 (H100,
+  // docs/RESULTS.md), while D = 128 moved by +-1% either way and split grids
+  // lose (more warps per unit leave fewer keys per warp). Batch-invariant mode
+  // keeps one kernel whatever the batch.
+  const int wide_rule = tune_wide();
+  d.wide = d.vec && d.dev.wide_ctas_per_sm > 0 && !batch_invariant(p) && s == 1 &&
+           !d.cluster_reduce &&
+           (wide_rule == 2 || (wide_rule < 0 && head_dim_bucket(p.head_dim) == 64));
+  if (d.wide) d.max_ctas_per_sm = 0;
   return FD_STATUS_SUCCESS;
 }
 
@@ -131,6 +141,7 @@ DecodeParams make_decode_params(const Problem& p, const LaunchDecision& dec) {
   d.cluster_reduce = dec.cluster_reduce ? 1 : 0;
   d.write_partials = dec.write_partials ? 1 : 0;
   d.pad_smem_bytes = smem_pad_bytes(dec);
+  d.wide_cta = dec.wide ? 1 : 0;
   if (dec.write_partials) {
     const WorkspaceLayout w = workspace_layout(p, dec.split.num_splits);
     const uintptr_t ws = reinterpret_cast<uintptr_t>(p.workspace);

@@ -19,6 +19,7 @@ struct DeviceView {
   int num_sms = 0;
   int cc = 0;           // major * 10 + minor
   int ctas_per_sm = 0;  // of the chosen cell's split kernel
+  int wide_ctas_per_sm = 0;  // of its wide split kernel (0: cannot run here)
   int smem_per_sm = 0;  // bytes of shared memory one SM has
   int smem_per_block = 0;  // most dynamic shared memory one CTA may opt in to
 };
@@ -31,6 +32,7 @@ struct LaunchDecision {
   bool cluster_reduce = false;  // splits reduce in a thread block cluster
   bool write_partials = false;  // splits go through the workspace to the merge kernel
   int max_ctas_per_sm = 0;  // > 0: pad shared memory so an SM holds at most this many
+  bool wide = false;        // the wide (kWideWarpsPerCta) split kernel
 };
 
 // Checks (all rules with full_checks, else problem + strides) and decides.
@@ -57,5 +59,6 @@ int tune_forced_splits();
 bool tune_clusters_enabled();
 bool tune_one_cta_per_sm();
 int tune_max_ctas_per_sm();
+int tune_wide();  // -1: the library's rule; 0: never; 2: every head_dim bucket
 
 }  // namespace fd

@@ -15,6 +15,9 @@ namespace fd {
 #endif
 constexpr int kWarpsPerCta = FD_WARPS_PER_CTA;
 constexpr int kThreadsPerCta = kWarpsPerCta * 32;
+// Warps of the wide split kernel, run instead when nothing is split and the
+// head_dim bucket is 64 (launch_plan.cpp says why).
+constexpr int kWideWarpsPerCta = 8;
 constexpr int kTileKeys = 16;                       // keys one warp takes per step
 constexpr int kMinChunk = kTileKeys * kWarpsPerCta;  // a split gives every warp a tile
 constexpr int kMaxGroupPerCta = 16;                 // query rows of one mma tile

@@ -22,8 +22,9 @@ LaunchRecord g_launch;
 namespace fd {
 
 #define FD_FAKE_CELL(TAG)                                                                 \
-  int prepare_##TAG(bool, int, int* ctas_per_sm) {                                        \
+  int prepare_##TAG(bool vec, int, int* ctas_per_sm, int* wide_ctas_per_sm) {            \
     *ctas_per_sm = fdfuzz::g_device.ctas_per_sm;                                          \
+    *wide_ctas_per_sm = vec ? fdfuzz::g_device.wide_ctas_per_sm : 0;                      \
     return 0; /* cudaSuccess */                                                           \
   }                                                                                       \
   int active_clusters_##TAG(bool, int cluster) {                                          \
@@ -52,8 +53,8 @@ FD_FAKE_CELL(bf16_d128)
 
 // The device hooks of launch_plan.h, answered by the fuzzer's fake device.
 int query_device(int cell, bool vec, DeviceView* out) {
-  int n = 0;
-  if (kernel_cell(cell).prepare(vec, fdfuzz::g_device.cc, &n) != 0)
+  int n = 0, wide = 0;
+  if (kernel_cell(cell).prepare(vec, fdfuzz::g_device.cc, &n, &wide) != 0)
     return fail(FD_STATUS_CUDA_ERROR, "fake prepare failed");
   if (n <= 0)
     return fail(FD_STATUS_UNSUPPORTED, "the decode kernel %s cannot run on the fake device",
@@ -62,6 +63,7 @@ int query_device(int cell, bool vec, DeviceView* out) {
   out->num_sms = fdfuzz::g_device.num_sms;
   out->cc = fdfuzz::g_device.cc;
   out->ctas_per_sm = n;
+  out->wide_ctas_per_sm = wide;
   out->smem_per_sm = fdfuzz::kFakeSmemPerSm;
   out->smem_per_block = fdfuzz::kFakeSmemPerBlock;
   return FD_STATUS_SUCCESS;
@@ -82,5 +84,6 @@ int tune_forced_splits() { return fdfuzz::g_device.forced_splits; }
 bool tune_clusters_enabled() { return fdfuzz::g_device.clusters_enabled; }
 bool tune_one_cta_per_sm() { return false; }
 int tune_max_ctas_per_sm() { return 0; }
+int tune_wide() { return -1; }
 
 }  // namespace fd

@@ -19,6 +19,7 @@ struct FakeDevice {
   int num_sms = 132;
   int cc = 90;
   int ctas_per_sm = 1;   // what a cell's prepare reports (>= 1)
+  int wide_ctas_per_sm = 1;  // ... for the wide split kernel (0: cannot run)
   int max_cluster = 8;       // largest cluster size the device places (>= 1)
   int active_clusters = 16;  // clusters of a size <= max_cluster co-resident at once
   bool clusters_enabled = false;  // launch.cpp's FD_TUNE_CLUSTER knob

@@ -115,6 +115,7 @@ Input decode(const uint8_t* data, size_t size) {
   dev.num_sms = 1 + r.get<uint16_t>() % 1024;
   dev.cc = 50 + r.get<uint8_t>() % 60;
   dev.ctas_per_sm = 1 + r.get<uint8_t>() % 32;
+  dev.wide_ctas_per_sm = r.get<uint8_t>() % 3;
   dev.max_cluster = 1 + r.get<uint8_t>() % 16;
   dev.active_clusters = r.get<uint8_t>();
   dev.clusters_enabled = (in.ptr_mode & kClusters) != 0;
@@ -312,6 +313,14 @@ void check_launch(const fd::Problem& p, long launches_before) {
                (long long)ctas, fdfuzz::g_device.num_sms, int(r.vec));
     FUZZ_CHECK(d.pad_smem_bytes <= fdfuzz::kFakeSmemPerBlock, "pad %d past the opt-in limit", d.pad_smem_bytes);
   }
+  // The wide split kernel: vectorised, one split, no reduction, no padding,
+  // never in batch-invariant mode, and only where the device can run it.
+  if (d.wide_cta)
+    FUZZ_CHECK(r.vec && d.num_splits == 1 && !d.cluster_reduce && !d.write_partials &&
+                   d.pad_smem_bytes == 0 && !fd::batch_invariant(p) &&
+                   fdfuzz::g_device.wide_ctas_per_sm > 0,
+               "wide kernel with vec %d, %d splits, pad %d", int(r.vec), d.num_splits,
+               d.pad_smem_bytes);
   if (fd::batch_invariant(p) && d.k_len > 0)
     FUZZ_CHECK(d.write_partials && !d.cluster_reduce, "batch-invariant run skips the merge");
   if (d.write_partials) {
@@ -406,15 +415,17 @@ void check_sizes(const fd_decode_params& c) {
 void check_measured_decisions() {
   struct Case {
     int b, hq, hkv, k_len, d, fit;
-    int cap;  // 0: no padding
+    int cap;  // 0: no padding; -1: the wide kernel (no padding)
   } cases[] = {
-      {32, 16, 16, 1024, 64, 4, 2},  // 512 CTAs: 1.94 waves at two per SM, not 1.29 at three
-      {32, 16, 16, 1024, 64, 3, 2},
-      {64, 32, 32, 1024, 64, 4, 3},  // 2048 CTAs: 5.2 waves at three per SM
-      {64, 32, 32, 1024, 64, 3, 0},  // ... which is what fits: no padding
+      {32, 16, 16, 1024, 80, 4, 2},  // 512 CTAs: 1.94 waves at two per SM, not 1.29 at three
+      {32, 16, 16, 1024, 80, 3, 2},
+      {64, 32, 32, 1024, 80, 4, 3},  // 2048 CTAs: 5.2 waves at three per SM
+      {64, 32, 32, 1024, 80, 3, 0},  // ... which is what fits: no padding
       {64, 32, 8, 2048, 128, 2, 0},  // D = 128: two fit, nothing to do
-      {8, 16, 16, 4096, 64, 4, 0},   // 128 CTAs: one per SM anyway
+      {8, 16, 16, 4096, 80, 4, 0},   // 128 CTAs: one per SM anyway
       {1, 32, 8, 8192, 128, 4, 0},   // a split grid of <= one CTA per SM
+      {32, 16, 16, 1024, 64, 4, -1},  // D = 64, no split: the wide kernel, never padded
+      {1, 16, 16, 4096, 64, 4, 0},    // D = 64 split: the narrow kernel
   };
   const fdfuzz::FakeDevice saved = fdfuzz::g_device;
   for (const Case& c : cases) {
@@ -441,8 +452,11 @@ void check_measured_decisions() {
     fd::LaunchDecision d;
     FUZZ_CHECK(fd::decide_launch(p, true, &d) == FD_STATUS_SUCCESS, "case B%d: %s", c.b,
                fd_last_error_message());
-    const int expect = c.cap == 0 ? 0 : fdfuzz::kFakeSmemPerSm / (c.cap + 1) - 1024 + 128;
+    const int expect = c.cap <= 0 ? 0 : fdfuzz::kFakeSmemPerSm / (c.cap + 1) - 1024 + 128;
     const fd::DecodeParams dp = fd::make_decode_params(p, d);
+    FUZZ_CHECK(d.wide == (c.cap < 0) && dp.wide_cta == (c.cap < 0 ? 1 : 0),
+               "%d/%d D%d B%d K%d: wide kernel %d, expected %d", c.hq, c.hkv, c.d, c.b, c.k_len,
+               d.wide ? 1 : 0, c.cap < 0 ? 1 : 0);
     FUZZ_CHECK(d.vec && dp.pad_smem_bytes == expect,
                "%d/%d D%d B%d K%d with %d fitting: padded to %d bytes, expected %d (cap %d)",
                c.hq, c.hkv, c.d, c.b, c.k_len, c.fit, dp.pad_smem_bytes, expect, c.cap);

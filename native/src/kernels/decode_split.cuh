@@ -30,7 +30,7 @@ constexpr bool kSplitP = FD_SPLIT_P != 0;
 #define FD_SMEM_SWIZZLE 1
 #endif
 
-template <int DPAD>
+template <int DPAD, int WARPS = kWarpsPerCta>
 struct SplitSmem {
   // K/V tile rows in shared memory. D = 64 and 128 rows (a multiple of 128
   // bytes) are stored unpadded with their 16-byte chunks permuted, chunk c of
@@ -53,11 +53,11 @@ struct SplitSmem {
   // at once off one bank), then the CTA's combined max and sum per row.
   static constexpr int kOutStride = DPAD + 8;
   static constexpr size_t kWarpStateFloats =
-      2 * kWarpsPerCta * kMaxGroupPerCta + kWarpsPerCta * kMaxGroupPerCta * kOutStride;
+      2 * WARPS * kMaxGroupPerCta + WARPS * kMaxGroupPerCta * kOutStride;
   static constexpr size_t kEpilogueBytes =
       sizeof(float) * (kWarpStateFloats + 2 * kMaxGroupPerCta);
   __host__ __device__ static constexpr size_t bytes(int stages) {
-    const size_t ring = size_t{2} * kWarpsPerCta * stages * kStageElems;
+    const size_t ring = size_t{2} * WARPS * stages * kStageElems;
     return ring > kEpilogueBytes ? ring : kEpilogueBytes;
   }
   // Cluster mode: past the ring, what the cluster's CTAs push to the CTA that
@@ -82,6 +82,10 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const
                                              int64_t k_stride, int64_t v_stride, int key0,
                                              int key_end, int head_dim, int lane) {
   if constexpr (VEC) {
+    // L2 prefetch hint: with the swizzled layout a warp's copies already cover
+    // whole lines and no hint measured 0-1% faster (fewer L2 requests); the
+    // padded layout (D = 80, 96) streams better with 256-byte bursts.
+    constexpr int kPrefetch = SplitSmem<DPAD>::kSwizzle ? 0 : 256;
     constexpr int kChunks = DPAD / 8;
     static_assert(kTileKeys * kChunks % 32 == 0, "whole warp-wide copy steps");
     // K and V rows interleaved: measured 1.5-3% faster than all K rows, then all
@@ -95,8 +99,8 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const
       const T* ks = ok ? kbase + key * k_stride + c * 8 : kbase;
       const T* vs = ok ? vbase + key * v_stride + c * 8 : vbase;
       const int off = SplitSmem<DPAD>::chunk_offset(row, c);
-      ptx::cp_async_16(sk + off, ks, ok ? 16 : 0);
-      ptx::cp_async_16(sv + off, vs, ok ? 16 : 0);
+      ptx::cp_async_16<kPrefetch>(sk + off, ks, ok ? 16 : 0);
+      ptx::cp_async_16<kPrefetch>(sv + off, vs, ok ? 16 : 0);
     }
   } else {
     const T zero = ptx::from_float<T>(0.f);
@@ -138,11 +142,12 @@ __device__ __forceinline__ uint32_t pack_bits(T lo, T hi) {
   return static_cast<uint32_t>(a) | (static_cast<uint32_t>(b) << 16);
 }
 
-template <typename T, int DPAD, bool VEC, int STAGES>
-__global__ void __launch_bounds__(kThreadsPerCta)
+template <typename T, int DPAD, bool VEC, int STAGES, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32)
     decode_split_kernel(const DecodeParams p) {
   using Mma = ptx::Mma<T>;
-  using S = SplitSmem<DPAD>;
+  using S = SplitSmem<DPAD, WARPS>;
+  constexpr int kThreads = WARPS * 32;
   constexpr int KSTEPS = DPAD / 16;  // QK^T reduction steps over head_dim
   constexpr int NT = DPAD / 8;       // 8-column output tiles of PV
   static_assert(DPAD % 16 == 0, "head_dim buckets are multiples of 16");
@@ -188,12 +193,12 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   const int key_begin = max(chunk0, lo);
   const int key_end = min(chunk0 + chunk_len, seq_len);
   const int n_tiles = key_end > key_begin ? (key_end - key_begin + kTileKeys - 1) / kTileKeys : 0;
-  const int my_tiles = n_tiles > warp ? (n_tiles - warp + kWarpsPerCta - 1) / kWarpsPerCta : 0;
+  const int my_tiles = n_tiles > warp ? (n_tiles - warp + WARPS - 1) / WARPS : 0;
 
   T* ring = smem + warp * STAGES * S::kStageElems;
   // Tiles dealt round robin, so the CTA's copies in flight are one contiguous
   // stretch (1-5% faster than a contiguous quarter per warp, docs/RESULTS.md).
-  auto tile_key0 = [&](int j) { return key_begin + (warp + j * kWarpsPerCta) * kTileKeys; };
+  auto tile_key0 = [&](int j) { return key_begin + (warp + j * WARPS) * kTileKeys; };
   auto load = [&](int j) {
     T* sk = ring + (j % STAGES) * S::kStageElems;
     load_kv_tile<T, DPAD, VEC>(sk, sk + S::kTileElems, kbase, vbase, p.k_stride_k, p.v_stride_k,
@@ -346,8 +351,8 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   constexpr int OS = S::kOutStride;
   __syncthreads();
   float* sm_m = reinterpret_cast<float*>(smem_raw);
-  float* sm_l = sm_m + kWarpsPerCta * kMaxGroupPerCta;
-  float* sm_o = sm_l + kWarpsPerCta * kMaxGroupPerCta;
+  float* sm_l = sm_m + WARPS * kMaxGroupPerCta;
+  float* sm_o = sm_l + WARPS * kMaxGroupPerCta;
   float* cta_m = reinterpret_cast<float*>(smem_raw) + S::kWarpStateFloats;
   float* cta_l = cta_m + kMaxGroupPerCta;
   if (tid == 0) {
@@ -363,7 +368,7 @@ __global__ void __launch_bounds__(kThreadsPerCta)
     const int row = gid + r * 8;
     float mall = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarpsPerCta; ++w) mall = fmaxf(mall, sm_m[w * kMaxGroupPerCta + row]);
+    for (int w = 0; w < WARPS; ++w) mall = fmaxf(mall, sm_m[w * kMaxGroupPerCta + row]);
     f[r] = m[r] == -INFINITY ? 0.f : exp2f(m[r] - mall);
   }
   // Only the CTA's nh query rows are stored (GQA groups of 4 or 8 leave the
@@ -387,10 +392,10 @@ __global__ void __launch_bounds__(kThreadsPerCta)
     const int row = threadIdx.x;
     float mall = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarpsPerCta; ++w) mall = fmaxf(mall, sm_m[w * kMaxGroupPerCta + row]);
+    for (int w = 0; w < WARPS; ++w) mall = fmaxf(mall, sm_m[w * kMaxGroupPerCta + row]);
     float lsum = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarpsPerCta; ++w) {
+    for (int w = 0; w < WARPS; ++w) {
       const float mw = sm_m[w * kMaxGroupPerCta + row];
       lsum += mw == -INFINITY ? 0.f : sm_l[w * kMaxGroupPerCta + row] * exp2f(mw - mall);
     }
@@ -408,12 +413,12 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   const int nc = num_splits, rank = split;  // a cluster spans a unit's splits
   const int slots = (nh + nc - 1) / nc;
   if (cluster_reduce) ptx::cluster_wait();  // every CTA of the cluster has started
-  for (int idx = threadIdx.x; idx < nh * C4; idx += kThreadsPerCta) {
+  for (int idx = threadIdx.x; idx < nh * C4; idx += kThreads) {
     const int row = idx / C4, col = (idx - row * C4) * 4;
     if (col >= p.head_dim) continue;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-    for (int w = 0; w < kWarpsPerCta; ++w) {
+    for (int w = 0; w < WARPS; ++w) {
       const float4 v = *reinterpret_cast<const float4*>(&sm_o[(w * kMaxGroupPerCta + row) * OS + col]);
       acc.x += v.x;
       acc.y += v.y;
@@ -453,7 +458,7 @@ __global__ void __launch_bounds__(kThreadsPerCta)
     ptx::cluster_arrive_release();
     ptx::cluster_wait_acquire();
     const int my_rows = rank < nh ? (nh - rank + nc - 1) / nc : 0;
-    for (int idx = threadIdx.x; idx < my_rows * DPAD; idx += kThreadsPerCta) {
+    for (int idx = threadIdx.x; idx < my_rows * DPAD; idx += kThreads) {
       const int k = idx / DPAD, col = idx - k * DPAD;
       if (col >= p.head_dim) continue;
       float mc[kMaxClusterSplits], lc[kMaxClusterSplits], oc[kMaxClusterSplits];

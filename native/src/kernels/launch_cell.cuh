@@ -21,12 +21,24 @@ constexpr int kStages = FD_STAGES;
 
 template <typename T, int DPAD, bool VEC>
 constexpr auto split_kernel() {
-  return &decode_split_kernel<T, DPAD, VEC, VEC ? kStages : 1>;
+  return &decode_split_kernel<T, DPAD, VEC, VEC ? kStages : 1, kWarpsPerCta>;
 }
 
 template <typename T, int DPAD, bool VEC>
 constexpr size_t split_smem_bytes() {
   return SplitSmem<DPAD>::bytes(VEC ? kStages : 1);
+}
+
+// The wide split kernel: kWideWarpsPerCta warps, vectorised loads, for grids
+// with no split (DecodeParams::wide_cta); never padded.
+template <typename T, int DPAD>
+constexpr auto wide_split_kernel() {
+  return &decode_split_kernel<T, DPAD, true, kStages, kWideWarpsPerCta>;
+}
+
+template <int DPAD>
+constexpr size_t wide_smem_bytes() {
+  return SplitSmem<DPAD, kWideWarpsPerCta>::bytes(kStages);
 }
 
 // A cluster launch also holds the states the other CTAs push (past the ring).
@@ -44,7 +56,7 @@ size_t launch_smem_bytes(int pad_bytes, bool cluster = false) {
 }
 
 template <typename T, int DPAD, bool VEC>
-int prepare_split_kernel(int cc, int* ctas_per_sm) {
+int prepare_split_kernel(int cc, int* ctas_per_sm, int* wide_ctas_per_sm) {
   auto kernel = split_kernel<T, DPAD, VEC>();
   const size_t smem = split_smem_bytes<T, DPAD, VEC>();
   const size_t padded = launch_smem_bytes<T, DPAD, VEC>(kOneCtaPerSmSmem, true);
@@ -63,6 +75,19 @@ int prepare_split_kernel(int cc, int* ctas_per_sm) {
                              static_cast<int>(limit < padded ? limit : padded));
   }
   if (e != cudaSuccess) return e;
+  *wide_ctas_per_sm = 0;
+  if (VEC) {  // a GPU with too little shared memory for it simply never runs it
+    if (cudaFuncSetAttribute(wide_split_kernel<T, DPAD>(),
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(wide_smem_bytes<DPAD>())) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(wide_ctas_per_sm,
+                                                      wide_split_kernel<T, DPAD>(),
+                                                      kWideWarpsPerCta * 32,
+                                                      wide_smem_bytes<DPAD>()) != cudaSuccess) {
+      (void)cudaGetLastError();
+      *wide_ctas_per_sm = 0;
+    }
+  }
   if (cc >= 90 &&
       cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
           cudaSuccess)
@@ -94,9 +119,9 @@ int active_split_clusters(int cluster) {
 }
 
 template <typename T, int DPAD>
-int prepare_cell(bool vec, int cc, int* ctas_per_sm) {
-  return vec ? prepare_split_kernel<T, DPAD, true>(cc, ctas_per_sm)
-             : prepare_split_kernel<T, DPAD, false>(cc, ctas_per_sm);
+int prepare_cell(bool vec, int cc, int* ctas_per_sm, int* wide_ctas_per_sm) {
+  return vec ? prepare_split_kernel<T, DPAD, true>(cc, ctas_per_sm, wide_ctas_per_sm)
+             : prepare_split_kernel<T, DPAD, false>(cc, ctas_per_sm, wide_ctas_per_sm);
 }
 
 template <typename T, int DPAD>
@@ -126,10 +151,15 @@ cudaError_t launch_split(const DecodeParams& p, int head_blocks, bool pdl, cudaS
   cudaLaunchAttribute attr[2];
   cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_kv_heads),
                      static_cast<unsigned>(p.num_splits), static_cast<unsigned>(head_blocks));
-  cfg.blockDim = dim3(kThreadsPerCta);
-  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(p.pad_smem_bytes, p.cluster_reduce != 0);
   cfg.stream = stream;
   set_pdl(cfg, attr, pdl);
+  if (VEC && p.wide_cta) {
+    cfg.blockDim = dim3(kWideWarpsPerCta * 32);
+    cfg.dynamicSmemBytes = wide_smem_bytes<DPAD>();
+    return cudaLaunchKernelEx(&cfg, wide_split_kernel<T, DPAD>(), p);
+  }
+  cfg.blockDim = dim3(kThreadsPerCta);
+  cfg.dynamicSmemBytes = launch_smem_bytes<T, DPAD, VEC>(p.pad_smem_bytes, p.cluster_reduce != 0);
   if (p.cluster_reduce) add_cluster(cfg, attr, static_cast<unsigned>(p.num_splits));
   return cudaLaunchKernelEx(&cfg, split_kernel<T, DPAD, VEC>(), p);
 }

@@ -16,22 +16,26 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 
 // 16 bytes global -> shared, bypassing L1 (the KV cache is read once).
 // src_bytes == 0 zero-fills the destination without reading src.
-// FD_L2_PREFETCH (128 or 256) adds an L2 prefetch-size hint: the KV stream is
-// read whole, so fetching longer DRAM bursts per miss costs nothing extra.
-#ifndef FD_L2_PREFETCH
-#define FD_L2_PREFETCH 256  // measured ~2.5% faster than no hint on large batches
-#endif
+// PREFETCH (0, 128 or 256) adds an L2 prefetch-size hint, so that one miss
+// fetches a longer DRAM burst; FD_L2_PREFETCH overrides every call's choice
+// (a measurement knob of scripts/tune.sh).
+template <int PREFETCH>
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
-#if FD_L2_PREFETCH == 256
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-               "l"(gmem), "r"(src_bytes));
-#elif FD_L2_PREFETCH == 128
-  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-               "l"(gmem), "r"(src_bytes));
+#ifdef FD_L2_PREFETCH
+  constexpr int kPrefetch = FD_L2_PREFETCH;
 #else
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-               "l"(gmem), "r"(src_bytes));
+  constexpr int kPrefetch = PREFETCH;
 #endif
+  if constexpr (kPrefetch == 256) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
+                 "l"(gmem), "r"(src_bytes));
+  } else if constexpr (kPrefetch == 128) {
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
+                 "l"(gmem), "r"(src_bytes));
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
+                 "l"(gmem), "r"(src_bytes));
+  }
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
