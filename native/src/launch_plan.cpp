@@ -27,6 +27,10 @@ bool can_vectorise(const Problem& p) {
 int ctas_per_sm_cap(int64_t ctas, int num_sms, int fit) {
   constexpr int kMostUseful = 3;
   if (fit <= 1 || num_sms <= 0 || ctas <= num_sms) return 0;
+  // A grid of one wave at a few per SM (the split policy's two per SM) gets
+  // exactly that many, so that no SM takes more than its share.
+  const int64_t one_wave = (ctas + num_sms - 1) / num_sms;
+  if (one_wave <= kMostUseful) return one_wave < fit ? static_cast<int>(one_wave) : 0;
   const int top = fit < kMostUseful ? fit : kMostUseful;
   int best = top;
   double best_fill = -1.0;
@@ -77,7 +81,7 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   st = query_device(d.cell, d.vec, &d.dev);
   if (st != FD_STATUS_SUCCESS) return st;
 
-  d.split = choose_splits(p, d.dev.num_sms);
+  d.split = choose_splits(p, d.dev.num_sms, d.dev.ctas_per_sm);
   const int forced = tune_forced_splits();
   if (forced > 0 && p.k_len > 0 && !batch_invariant(p)) {
     const int s = forced < max_splits(p) ? forced : max_splits(p);

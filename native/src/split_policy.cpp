@@ -36,7 +36,7 @@ int max_splits(const Problem& p) {
   return static_cast<int>(std::max<int64_t>(s, 1));
 }
 
-SplitChoice choose_splits(const Problem& p, int num_sms) {
+SplitChoice choose_splits(const Problem& p, int num_sms, int ctas_per_sm) {
   SplitChoice best;
   if (p.k_len <= 0) return best;
   if (batch_invariant(p)) {
@@ -45,13 +45,18 @@ SplitChoice choose_splits(const Problem& p, int num_sms) {
     return best;
   }
   // Measured on H100 (docs/RESULTS.md, scripts/tune.sh): HBM streams best with
-  // one long-running CTA per SM, and an SM given two CTAs while others have
-  // one makes the whole launch wait for it. So: as many splits as keep the
-  // CTAs within one per SM, at most 16.
+  // long-running CTAs filling every SM, and an SM given two CTAs while others
+  // have one makes the whole launch wait for it. One CTA per SM is what a
+  // launch asks for, not what it gets: the block scheduler may still pair two
+  // on one SM next to the previous kernel's CTAs (32/32 D128 B2 K4096: 128
+  // CTAs 57 us, padded to one per SM 50 us). So where the units are fewer than
+  // half the SMs and an SM holds two CTAs, the split aims at two per SM (256
+  // CTAs: 50 us), leaving nothing to pair; otherwise at one per SM. At most 16.
   const int64_t units =
       static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
   const int64_t sms = std::max(num_sms, 1);
-  int64_t s = std::max<int64_t>(1, std::min<int64_t>(sms / units, kPolicyMaxSplits));
+  const int64_t per_sm = ctas_per_sm >= 2 && 2 * units <= sms ? 2 : 1;
+  int64_t s = std::max<int64_t>(1, std::min<int64_t>(per_sm * sms / units, kPolicyMaxSplits));
   s = std::min<int64_t>(s, max_splits(p));
   const int64_t chunk = round_up(ceil_div(p.k_len, s), kMinChunk);
   best.chunk_len = static_cast<int>(chunk);

@@ -55,9 +55,9 @@ struct SplitChoice {
   int chunk_len = 0;   // keys per split, a multiple of kMinChunk
 };
 
-
-// The split for a GPU with `num_sms` multiprocessors.
-SplitChoice choose_splits(const Problem& p, int num_sms);
+// The split for a GPU with `num_sms` multiprocessors, each holding
+// `ctas_per_sm` CTAs of the split kernel.
+SplitChoice choose_splits(const Problem& p, int num_sms, int ctas_per_sm);
 
 // Layout of the workspace: per (b, h, split) an f32 row of bucket(D) partial
 // outputs, then per (b, h, split) one f32 log2-sum-exp.

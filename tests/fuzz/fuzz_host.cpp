@@ -425,7 +425,9 @@ void check_measured_decisions() {
       {8, 16, 16, 4096, 80, 4, 0},   // 128 CTAs: one per SM anyway
       {1, 32, 8, 8192, 128, 4, 0},   // a split grid of <= one CTA per SM
       {32, 16, 16, 1024, 64, 4, -1},  // D = 64, no split: the wide kernel, never padded
-      {1, 16, 16, 4096, 64, 4, 0},    // D = 64 split: the narrow kernel
+      {1, 16, 16, 4096, 64, 4, 2},    // D = 64 split: narrow kernel, 256 CTAs, two per SM
+      {2, 32, 32, 4096, 128, 2, 0},   // 256 CTAs, two per SM: what fits
+      {4, 32, 32, 4096, 128, 2, 0},   // 128 units: one CTA each, one per SM
   };
   const fdfuzz::FakeDevice saved = fdfuzz::g_device;
   for (const Case& c : cases) {
