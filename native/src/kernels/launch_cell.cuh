@@ -172,7 +172,8 @@ int launch_cell(const DecodeParams& p, int head_blocks, bool vec, bool pdl, void
   if (e != cudaSuccess || !p.write_partials) return e;
   cudaLaunchConfig_t cfg = {};
   cudaLaunchAttribute attr[1];
-  cfg.gridDim = dim3(static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_heads));
+  const unsigned rows = static_cast<unsigned>(p.batch_size) * static_cast<unsigned>(p.num_heads);
+  cfg.gridDim = dim3((rows + kMergeRowsPerCta - 1) / kMergeRowsPerCta);
   cfg.blockDim = dim3(kMergeThreads);
   cfg.stream = stream;
   set_pdl(cfg, attr, pdl);

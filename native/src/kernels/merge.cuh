@@ -1,8 +1,9 @@
-// The merge kernel: one CTA per (batch, query head) combines the num_splits
+// The merge kernel: one warp per (batch, query head) combines the num_splits
 // partial states (normalised output, log2-sum-exp) with the log-sum-exp rule
-// and writes y (and lse). Every reduction runs in a fixed order, so the bits
-// do not depend on timing. All loads of a step are independent, so a long
-// split list costs a few L2 round trips, not one per split.
+// and writes y (and lse). Lane l holds columns 4l .. 4l + 3. A warp loads up
+// to kMergeBatch splits at once (one round trip), takes their max, then sums
+// the weighted outputs in split order, so the bits do not depend on timing;
+// longer split lists go batch by batch with one rescale in between.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,18 +14,20 @@
 
 namespace fd {
 
-constexpr int kMergeWarps = 8;
-constexpr int kMergeThreads = kMergeWarps * 32;
+constexpr int kMergeRowsPerCta = 4;  // one warp per row
+constexpr int kMergeThreads = kMergeRowsPerCta * 32;
+constexpr int kMergeBatch = 16;      // splits loaded at once (the policy picks <= 16)
 
 template <typename T, int DPAD>
 __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(const DecodeParams p) {
   static_assert(DPAD % 4 == 0 && DPAD / 4 <= 32, "one float4 column group per lane");
-  __shared__ float warp_m[kMergeWarps], warp_d[kMergeWarps];
-  __shared__ __align__(16) float part[kMergeWarps][DPAD];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 
   // Everything taken from the parameters is read before the wait (ptx::pin).
-  const int64_t row = blockIdx.x;
   const int num_heads = ptx::pin(p.num_heads);
+  const int64_t rows = static_cast<int64_t>(ptx::pin(p.batch_size)) * num_heads;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kMergeRowsPerCta + warp;
+  if (row >= rows) return;  // the last CTA's spare warps
   const int b = static_cast<int>(row / num_heads);
   const int h = static_cast<int>(row - static_cast<int64_t>(b) * num_heads);
   const int ns = ptx::pin(p.num_splits);
@@ -35,66 +38,69 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(const Decod
   const float* sinks = ptx::pin(p.sinks);
   float* lse_out =
       ptx::pin(p.lse != nullptr ? p.lse + b * p.lse_stride_b + h * p.lse_stride_h : nullptr);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const bool has_cols = lane * 4 < DPAD;
+  const int col = lane * 4;
+  const bool has_cols = col < DPAD;
 
   ptx::grid_dependency_wait();  // the split kernel's partials are complete
   ptx::launch_dependents();     // let the next kernel in the stream get ready
 
-  // Warp w folds splits w, w + 8, ... into one running state (max, sum, sum of
-  // weighted outputs), lane l holding columns 4l .. 4l + 3. Loads of later
-  // splits do not wait on earlier ones, so a few splits cost one round trip.
+  // Running state over the batches: max, sum of weights, weighted outputs.
   float m = -INFINITY, d = 0.f;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 4
-  for (int i = warp; i < ns; i += kMergeWarps) {
-    const float li = lse[i];
-    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (has_cols) o = *reinterpret_cast<const float4*>(po + static_cast<int64_t>(i) * DPAD + lane * 4);
-    if (li == -INFINITY) continue;  // an empty split adds nothing
-    const float mn = fmaxf(m, li);
-    const float f_old = exp2f(m - mn), f_new = exp2f(li - mn);  // exp2(-inf) = 0
-    d = d * f_old + f_new;
-    acc.x = acc.x * f_old + f_new * o.x;
-    acc.y = acc.y * f_old + f_new * o.y;
-    acc.z = acc.z * f_old + f_new * o.z;
-    acc.w = acc.w * f_old + f_new * o.w;
-    m = mn;
+  for (int i0 = 0; i0 < ns; i0 += kMergeBatch) {
+    float li[kMergeBatch];
+    float4 oi[kMergeBatch];
+#pragma unroll
+    for (int k = 0; k < kMergeBatch; ++k) {
+      const int i = i0 + k;
+      li[k] = i < ns ? lse[i] : -INFINITY;
+      oi[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (i < ns && has_cols)
+        oi[k] = *reinterpret_cast<const float4*>(po + static_cast<int64_t>(i) * DPAD + col);
+    }
+    float mb = m;
+#pragma unroll
+    for (int k = 0; k < kMergeBatch; ++k) mb = fmaxf(mb, li[k]);
+    if (mb == -INFINITY) continue;  // nothing in this batch or before it
+    const float rescale = exp2f(m - mb);  // exp2(-inf) = 0 for the first batch
+    d *= rescale;
+    acc.x *= rescale;
+    acc.y *= rescale;
+    acc.z *= rescale;
+    acc.w *= rescale;
+#pragma unroll
+    for (int k = 0; k < kMergeBatch; ++k) {
+      const float f = exp2f(li[k] - mb);  // 0 for an empty split
+      d += f;
+      acc.x += f * oi[k].x;
+      acc.y += f * oi[k].y;
+      acc.z += f * oi[k].z;
+      acc.w += f * oi[k].w;
+    }
+    m = mb;
   }
-  if (lane == 0) {
-    warp_m[warp] = m;
-    warp_d[warp] = d;
-  }
-  if (has_cols) *reinterpret_cast<float4*>(&part[warp][lane * 4]) = acc;
-  __syncthreads();
 
-  // Warps 0..7 in order, then the sink, then normalise.
-  float mall = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < kMergeWarps; ++w) mall = fmaxf(mall, warp_m[w]);
-  float sink = -INFINITY;
+  // The sink joins the denominator only; then normalise.
+  float base = m;
   if (sinks != nullptr) {
-    sink = sinks[h] * kLog2e;
-    mall = fmaxf(mall, sink);
+    const float sink = sinks[h] * kLog2e;
+    base = fmaxf(m, sink);
+    if (base != -INFINITY) {
+      const float a = exp2f(m - base);
+      d = d * a + exp2f(sink - base);
+      acc.x *= a;
+      acc.y *= a;
+      acc.z *= a;
+      acc.w *= a;
+    }
   }
-  const float base = mall == -INFINITY ? 0.f : mall;
-  float f[kMergeWarps];
-  float den = 0.f;
+  const float inv = d > 0.f ? 1.f / d : 0.f;
+  const float a4[4] = {acc.x, acc.y, acc.z, acc.w};
 #pragma unroll
-  for (int w = 0; w < kMergeWarps; ++w) {
-    f[w] = exp2f(warp_m[w] - base);
-    den += warp_d[w] * f[w];
-  }
-  if (sinks != nullptr) den += exp2f(sink - base);
-  const int col = threadIdx.x;
-  if (col < head_dim) {
-    float sum = 0.f;
-#pragma unroll
-    for (int w = 0; w < kMergeWarps; ++w) sum += part[w][col] * f[w];
-    yr[col] = ptx::from_float<T>(den > 0.f ? sum / den : 0.f);
-  }
-  if (col == 0 && lse_out != nullptr)
-    *lse_out = den > 0.f ? (base + log2f(den)) * kLn2 : -INFINITY;
+  for (int e = 0; e < 4; ++e)
+    if (has_cols && col + e < head_dim) yr[col + e] = ptx::from_float<T>(a4[e] * inv);
+  if (lane == 0 && lse_out != nullptr)
+    *lse_out = d > 0.f ? (base + log2f(d)) * kLn2 : -INFINITY;
 }
 
 }  // namespace fd
