@@ -23,12 +23,11 @@ bool can_vectorise(const Problem& p) {
 // (1.29 waves, the last one 29% full: too few CTAs left to keep HBM busy).
 // So: at most three, and fewer while the last wave would be under half full
 // in a launch of under four waves; failing that, the count with the fullest
-// waves. A grid that fits one CTA per SM is left alone.
+// waves. A grid that fits one CTA per SM is left alone; one wave of a few per
+// SM (the split policy's two) gets exactly that many, so no SM takes more.
 int ctas_per_sm_cap(int64_t ctas, int num_sms, int fit) {
   constexpr int kMostUseful = 3;
   if (fit <= 1 || num_sms <= 0 || ctas <= num_sms) return 0;
-  // A grid of one wave at a few per SM (the split policy's two per SM) gets
-  // exactly that many, so that no SM takes more than its share.
   const int64_t one_wave = (ctas + num_sms - 1) / num_sms;
   if (one_wave <= kMostUseful) return one_wave < fit ? static_cast<int>(one_wave) : 0;
   const int top = fit < kMostUseful ? fit : kMostUseful;

@@ -26,12 +26,12 @@ constexpr int kInvariantChunk = 512;                // fixed chunk of batch-inva
 // sm_90's 228 KB (a cluster launch would otherwise pack its CTAs two to an SM
 // on half the SMs). The cells raise their limit to this, so padding up to it works.
 constexpr int kOneCtaPerSmSmem = 116 * 1024;
-// Most splits the run-time policy picks (beyond: no gain measured, and the
-// cluster path holds at most this many CTAs).
+// Most splits the run-time policy picks (32 measured slower: the merge's extra
+// partials cost more than a fuller GPU gains; docs/RESULTS.md).
 constexpr int kPolicyMaxSplits = 16;
 // Largest thread block cluster of split CTAs (sm_90's non-portable limit).
 constexpr int kMaxClusterSplits = 16;
-// The policy aims at one CTA per SM; bounding splits by a GPU of this many SMs
+// The policy aims at one or two CTAs per SM; bounding splits by a GPU of this many SMs
 // keeps the workspace small for large batches and device independent.
 constexpr int64_t kMaxSplitCtas = 1024;
 
