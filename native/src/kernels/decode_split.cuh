@@ -455,8 +455,8 @@ __global__ void __launch_bounds__(WARPS * 32)
   // from its own shared memory, sources in rank order (bit-stable), and may
   // leave at once: nothing reads another CTA's memory after the barrier.
   if (cluster_reduce) {
-    ptx::cluster_arrive_release();
-    ptx::cluster_wait_acquire();
+    ptx::cluster_arrive();
+    ptx::cluster_wait();
     const int my_rows = rank < nh ? (nh - rank + nc - 1) / nc : 0;
     for (int idx = threadIdx.x; idx < my_rows * DPAD; idx += kThreads) {
       const int k = idx / DPAD, col = idx - k * DPAD;

@@ -128,26 +128,23 @@ __device__ __forceinline__ P* pin(P* v) {
 }
 
 // Thread block cluster barrier (sm_90+; the host asks for clusters only
-// there), split into its arrive and wait halves, and stores into the shared
-// memory of another CTA of the cluster.
+// there), split into its arrive and wait halves: arrive releases this
+// thread's prior writes (the relaxed form does not) and wait acquires the
+// other threads' (the PTX defaults). Then stores into the shared memory of
+// another CTA of the cluster.
 __device__ __forceinline__ void cluster_arrive_relaxed() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void cluster_arrive_release() {
+__device__ __forceinline__ void cluster_arrive() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.arrive.aligned;\n" ::: "memory");
 #endif
 }
 __device__ __forceinline__ void cluster_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cluster_wait_acquire() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #endif
 }
 // The shared::cluster address of `local` (an address in this CTA's shared
