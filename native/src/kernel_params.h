@@ -35,6 +35,9 @@ struct DecodeParams {
   int32_t pad_smem_bytes;
   // Host side only: launch the wide (kWideWarpsPerCta) split kernel.
   int32_t wide_cta;
+  // The merge kernel lets the next grid in the stream launch before it waits
+  // for the split kernel (PDL), so that grid's prefetch overlaps this call.
+  int32_t merge_early_trigger;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
 

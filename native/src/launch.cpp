@@ -121,7 +121,9 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 // FD_TUNE_MAX_CTAS_PER_SM=n caps split CTAs per SM at n instead of the
 // wave rule of launch_plan.cpp;
 // FD_TUNE_WIDE=0 never runs the wide split kernel, =2 runs it for every
-// head_dim bucket when nothing is split (default: bucket 64 only).
+// head_dim bucket when nothing is split (default: bucket 64 only);
+// FD_TUNE_EARLY_TRIGGER=0: the merge releases the next grid after its wait,
+// not before it (and one-wave split grids are not padded for it).
 int tune_forced_splits() {
   static const int n = env_int("FD_TUNE_SPLITS");
   return n;
@@ -139,6 +141,12 @@ bool tune_one_cta_per_sm() {
 
 int tune_wide() {
   static const int n = std::getenv("FD_TUNE_WIDE") != nullptr ? env_int("FD_TUNE_WIDE") : -1;
+  return n;
+}
+
+int tune_early_trigger() {
+  static const int n =
+      std::getenv("FD_TUNE_EARLY_TRIGGER") != nullptr ? env_int("FD_TUNE_EARLY_TRIGGER") : -1;
   return n;
 }
 

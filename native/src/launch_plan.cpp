@@ -16,6 +16,20 @@ bool can_vectorise(const Problem& p) {
          p.v_stride_h % 8 == 0 && p.v_stride_k % 8 == 0;
 }
 
+// K and V bytes one call reads (the work that hides a grid-to-grid handoff).
+int64_t kv_bytes(const Problem& p) {
+  constexpr int64_t kElemBytes = 2;  // f16 and bf16, the only cells
+  return 2 * static_cast<int64_t>(p.batch_size) * p.num_kv_heads * p.k_len * p.head_dim *
+         kElemBytes;
+}
+
+// A call of at most this many KV bytes (about 1.4 us of HBM time, less than
+// its launch latencies) lets the next grid share its SMs (see decide_launch).
+#ifndef FD_SHORT_CALL_KV_BYTES
+#define FD_SHORT_CALL_KV_BYTES (4 << 20)
+#endif
+constexpr int64_t kShortCallKvBytes = FD_SHORT_CALL_KV_BYTES;
+
 // How many split CTAs an SM should hold (0: as many as fit). Measured on H100
 // and H200 (docs/RESULTS.md) with D = 64, where four fit: four per SM is never
 // best; three is best for 2048 CTAs on 132 SMs (5.2 waves), but 512 CTAs run
@@ -112,6 +126,16 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
            !d.cluster_reduce &&
            (wide_rule == 2 || (wide_rule < 0 && head_dim_bucket(p.head_dim) == 64));
   if (d.wide) d.max_ctas_per_sm = 0;
+  // The merge releases the next grid before its wait, so that grid's CTAs
+  // start (and prefetch) as this call's CTAs leave, not after the merge: 1-6%
+  // on split rows (H100, docs/RESULTS.md). A split grid of at most one CTA
+  // per SM would then share its SMs with the next grid's CTAs, which the
+  // block scheduler pairs on some SMs; padded to one per SM it cannot, unless
+  // the call is so short that the early prefetch matters more (K = 512).
+  d.merge_early_trigger = d.write_partials && tune_early_trigger() != 0;
+  if (d.merge_early_trigger && d.vec && d.max_ctas_per_sm == 0 && d.dev.ctas_per_sm > 1 &&
+      units * s <= d.dev.num_sms && kv_bytes(p) > kShortCallKvBytes)
+    d.max_ctas_per_sm = 1;
   return FD_STATUS_SUCCESS;
 }
 
@@ -145,6 +169,7 @@ DecodeParams make_decode_params(const Problem& p, const LaunchDecision& dec) {
   d.write_partials = dec.write_partials ? 1 : 0;
   d.pad_smem_bytes = smem_pad_bytes(dec);
   d.wide_cta = dec.wide ? 1 : 0;
+  d.merge_early_trigger = dec.merge_early_trigger ? 1 : 0;
   if (dec.write_partials) {
     const WorkspaceLayout w = workspace_layout(p, dec.split.num_splits);
     const uintptr_t ws = reinterpret_cast<uintptr_t>(p.workspace);

@@ -33,6 +33,7 @@ struct LaunchDecision {
   bool write_partials = false;  // splits go through the workspace to the merge kernel
   int max_ctas_per_sm = 0;  // > 0: pad shared memory so an SM holds at most this many
   bool wide = false;        // the wide (kWideWarpsPerCta) split kernel
+  bool merge_early_trigger = false;  // the merge releases the next grid before its wait
 };
 
 // Checks (all rules with full_checks, else problem + strides) and decides.
@@ -60,5 +61,6 @@ bool tune_clusters_enabled();
 bool tune_one_cta_per_sm();
 int tune_max_ctas_per_sm();
 int tune_wide();  // -1: the library's rule; 0: never; 2: every head_dim bucket
+int tune_early_trigger();  // 0: never; else every merge (the default)
 
 }  // namespace fd

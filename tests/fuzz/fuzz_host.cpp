@@ -303,12 +303,17 @@ void check_launch(const fd::Problem& p, long launches_before) {
   if (d.num_splits > 1)
     FUZZ_CHECK(d.cluster_reduce || d.write_partials, "%d splits but no reduction",
                d.num_splits);
-  // Shared memory is padded only for a cluster (one CTA per SM) or to thin out a
-  // vectorised grid of more CTAs than SMs, and never past what a CTA may have.
+  // Only a merge kernel releases the next grid early.
+  FUZZ_CHECK(!d.merge_early_trigger || d.write_partials, "early trigger without a merge");
+  // Shared memory is padded only for a cluster (one CTA per SM), to thin out a
+  // vectorised grid of more CTAs than SMs, or to keep the next grid off the SMs
+  // of a one-wave split grid whose merge releases it early; never past what a
+  // CTA may have.
   if (d.pad_smem_bytes > 0) {
     const int64_t ctas = int64_t{d.batch_size} * d.num_kv_heads * r.head_blocks * d.num_splits;
-    FUZZ_CHECK(d.cluster_reduce || (r.vec && ctas > fdfuzz::g_device.num_sms &&
-                                    fdfuzz::g_device.ctas_per_sm > 1),
+    const bool thinned = ctas > fdfuzz::g_device.num_sms;
+    const bool kept_apart = d.merge_early_trigger && d.pad_smem_bytes == fd::kOneCtaPerSmSmem;
+    FUZZ_CHECK(d.cluster_reduce || (r.vec && fdfuzz::g_device.ctas_per_sm > 1 && (thinned || kept_apart)),
                "shared memory padded to %d for %lld CTAs on %d SMs (vec %d)", d.pad_smem_bytes,
                (long long)ctas, fdfuzz::g_device.num_sms, int(r.vec));
     FUZZ_CHECK(d.pad_smem_bytes <= fdfuzz::kFakeSmemPerBlock, "pad %d past the opt-in limit", d.pad_smem_bytes);
@@ -415,7 +420,7 @@ void check_sizes(const fd_decode_params& c) {
 void check_measured_decisions() {
   struct Case {
     int b, hq, hkv, k_len, d, fit;
-    int cap;  // 0: no padding; -1: the wide kernel (no padding)
+    int cap;  // 0: no padding; -1: the wide kernel (no padding); 1: one CTA per SM
   } cases[] = {
       {32, 16, 16, 1024, 80, 4, 2},  // 512 CTAs: 1.94 waves at two per SM, not 1.29 at three
       {32, 16, 16, 1024, 80, 3, 2},
@@ -423,7 +428,9 @@ void check_measured_decisions() {
       {64, 32, 32, 1024, 80, 3, 0},  // ... which is what fits: no padding
       {64, 32, 8, 2048, 128, 2, 0},  // D = 128: two fit, nothing to do
       {8, 16, 16, 4096, 80, 4, 0},   // 128 CTAs: one per SM anyway
-      {1, 32, 8, 8192, 128, 4, 0},   // a split grid of <= one CTA per SM
+      {1, 32, 8, 8192, 128, 2, 1},   // one-wave split grid: kept apart from the next grid's
+      {1, 32, 8, 512, 128, 2, 0},    // ... unless the call is short (2 MB of KV)
+      {1, 32, 8, 8192, 128, 1, 0},   // nothing to keep apart when one CTA fits
       {32, 16, 16, 1024, 64, 4, -1},  // D = 64, no split: the wide kernel, never padded
       {1, 16, 16, 4096, 64, 4, 2},    // D = 64 split: narrow kernel, 256 CTAs, two per SM
       {2, 32, 32, 4096, 128, 2, 0},   // 256 CTAs, two per SM: what fits
@@ -454,7 +461,9 @@ void check_measured_decisions() {
     fd::LaunchDecision d;
     FUZZ_CHECK(fd::decide_launch(p, true, &d) == FD_STATUS_SUCCESS, "case B%d: %s", c.b,
                fd_last_error_message());
-    const int expect = c.cap <= 0 ? 0 : fdfuzz::kFakeSmemPerSm / (c.cap + 1) - 1024 + 128;
+    const int expect = c.cap <= 0   ? 0
+                       : c.cap == 1 ? fd::kOneCtaPerSmSmem
+                                    : fdfuzz::kFakeSmemPerSm / (c.cap + 1) - 1024 + 128;
     const fd::DecodeParams dp = fd::make_decode_params(p, d);
     FUZZ_CHECK(d.wide == (c.cap < 0) && dp.wide_cta == (c.cap < 0 ? 1 : 0),
                "%d/%d D%d B%d K%d: wide kernel %d, expected %d", c.hq, c.hkv, c.d, c.b, c.k_len,

@@ -41,8 +41,13 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(const Decod
   const int col = lane * 4;
   const bool has_cols = col < DPAD;
 
+  // The next kernel in the stream may be scheduled: before the wait (the
+  // default, see decide_launch) its CTAs take the split CTAs' places as they
+  // leave, and start their prefetch then, not after this merge.
+  const bool early_trigger = ptx::pin(p.merge_early_trigger) != 0;
+  if (early_trigger) ptx::launch_dependents();
   ptx::grid_dependency_wait();  // the split kernel's partials are complete
-  ptx::launch_dependents();     // let the next kernel in the stream get ready
+  if (!early_trigger) ptx::launch_dependents();
 
   // Running state over the batches: max, sum of weights, weighted outputs.
   float m = -INFINITY, d = 0.f;

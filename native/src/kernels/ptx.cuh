@@ -171,6 +171,16 @@ __device__ __forceinline__ void st_cluster_f(uint32_t addr, float v) {
 #endif
 }
 
+// Asks L2 to fetch [src, src + bytes) from HBM (sm_90+; src 16-byte aligned,
+// bytes a multiple of 16). A hint: it returns nothing to the thread, and L2 is
+// the GPU's point of coherence, so it may be issued before
+// grid_dependency_wait() even for bytes the previous grid is still writing.
+__device__ __forceinline__ void prefetch_l2(const void* src, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
+#endif
+}
+
 // Programmatic dependent launch (sm_90+): wait until the grids this one depends
 // on have finished and their writes are visible. A no-op before sm_90 and when
 // the launch did not ask for programmatic serialisation.
