@@ -120,8 +120,9 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 // FD_TUNE_ONE_CTA_PER_SM=1 pads every launch to one CTA per SM;
 // FD_TUNE_MAX_CTAS_PER_SM=n caps split CTAs per SM at n instead of the
 // wave rule of launch_plan.cpp;
-// FD_TUNE_WIDE=0 never runs the wide split kernel, =2 runs it for every
-// head_dim bucket when nothing is split (default: bucket 64 only);
+// FD_TUNE_WIDE=0 never runs the wide split kernel, =1 only for D = 64 with
+// nothing split, =2 also for every head_dim bucket with nothing split
+// (default: D = 64 with nothing split, and one-wave grids it holds alone);
 // FD_TUNE_EARLY_TRIGGER=0: the merge releases the next grid after its wait,
 // not before it (and one-wave split grids are not padded for it).
 int tune_forced_splits() {

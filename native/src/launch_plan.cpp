@@ -116,15 +116,23 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
                       : tuned_cap > 0                           ? tuned_cap
                       : d.vec ? ctas_per_sm_cap(units * s, d.dev.num_sms, d.dev.ctas_per_sm)
                               : 0;  // the scalar-load kernel hides latency with many CTAs
-  // With nothing split, D = 64 runs 8 warps per CTA (two CTAs, 16 warps per
-  // SM) instead of 4: measured 4% faster on 16/16 D64 B32 K1024 (H100,
-  // docs/RESULTS.md), while D = 128 moved by +-1% either way and split grids
-  // lose (more warps per unit leave fewer keys per warp). Batch-invariant mode
-  // keeps one kernel whatever the batch.
+  // The wide kernel (8 warps per CTA instead of 4) runs grids with nothing
+  // split where it puts more loads in flight per SM (H100, docs/RESULTS.md):
+  // - D = 64 (two wide CTAs, 16 warps per SM): 4% faster on 16/16 D64 B32
+  //   K1024, while D = 128 grids of several waves lose 0-2%;
+  // - D = 128 grids of one wave (one CTA per SM either way, 8 warps instead
+  //   of 4): 1.4-1.6% faster on 32/8 B16 K4096 and 32/32 B4 K4096. Not split
+  //   grids (32/8 B1 K4096 13% slower: fewer keys per warp), not D = 96 (1.6%
+  //   slower), and not short calls, whose next grid gains more from sharing
+  //   the SMs early (see below).
+  // Batch-invariant mode keeps one kernel whatever the batch.
   const int wide_rule = tune_wide();
-  d.wide = d.vec && d.dev.wide_ctas_per_sm > 0 && !batch_invariant(p) && s == 1 &&
-           !d.cluster_reduce &&
-           (wide_rule == 2 || (wide_rule < 0 && head_dim_bucket(p.head_dim) == 64));
+  const bool one_wave = units * s <= d.dev.num_sms;
+  const int bucket = head_dim_bucket(p.head_dim);
+  const bool wide_one_wave = one_wave && bucket == 128 && d.dev.wide_ctas_per_sm == 1 &&
+                             kv_bytes(p) > kShortCallKvBytes && wide_rule != 1;
+  d.wide = d.vec && d.dev.wide_ctas_per_sm > 0 && !batch_invariant(p) && !d.cluster_reduce &&
+           s == 1 && wide_rule != 0 && (wide_rule == 2 || bucket == 64 || wide_one_wave);
   if (d.wide) d.max_ctas_per_sm = 0;
   // The merge releases the next grid before its wait, so that grid's CTAs
   // start (and prefetch) as this call's CTAs leave, not after the merge: 1-6%
@@ -133,8 +141,8 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   // block scheduler pairs on some SMs; padded to one per SM it cannot, unless
   // the call is so short that the early prefetch matters more (K = 512).
   d.merge_early_trigger = d.write_partials && tune_early_trigger() != 0;
-  if (d.merge_early_trigger && d.vec && d.max_ctas_per_sm == 0 && d.dev.ctas_per_sm > 1 &&
-      units * s <= d.dev.num_sms && kv_bytes(p) > kShortCallKvBytes)
+  if (d.merge_early_trigger && d.vec && !d.wide && d.max_ctas_per_sm == 0 &&
+      d.dev.ctas_per_sm > 1 && one_wave && kv_bytes(p) > kShortCallKvBytes)
     d.max_ctas_per_sm = 1;
   return FD_STATUS_SUCCESS;
 }

@@ -60,7 +60,7 @@ int tune_forced_splits();
 bool tune_clusters_enabled();
 bool tune_one_cta_per_sm();
 int tune_max_ctas_per_sm();
-int tune_wide();  // -1: the library's rule; 0: never; 2: every head_dim bucket
+int tune_wide();  // -1: the library's rule; 0: never; 1: D = 64 unsplit only; 2: + every unsplit
 int tune_early_trigger();  // 0: never; else every merge (the default)
 
 }  // namespace fd

@@ -421,20 +421,24 @@ void check_measured_decisions() {
   struct Case {
     int b, hq, hkv, k_len, d, fit;
     int cap;  // 0: no padding; -1: the wide kernel (no padding); 1: one CTA per SM
+    int wide_fit = 1;  // wide CTAs that fit on an SM
   } cases[] = {
       {32, 16, 16, 1024, 80, 4, 2},  // 512 CTAs: 1.94 waves at two per SM, not 1.29 at three
       {32, 16, 16, 1024, 80, 3, 2},
       {64, 32, 32, 1024, 80, 4, 3},  // 2048 CTAs: 5.2 waves at three per SM
       {64, 32, 32, 1024, 80, 3, 0},  // ... which is what fits: no padding
       {64, 32, 8, 2048, 128, 2, 0},  // D = 128: two fit, nothing to do
-      {8, 16, 16, 4096, 80, 4, 0},   // 128 CTAs: one per SM anyway
-      {1, 32, 8, 8192, 128, 2, 1},   // one-wave split grid: kept apart from the next grid's
+      {8, 16, 16, 4096, 80, 4, 0},   // 128 CTAs: one per SM anyway (D = 80: no wide kernel)
+      {8, 16, 16, 4096, 128, 2, -1},  // one wave, nothing split, D = 128: wide, alone on its SM
+      {8, 16, 16, 4096, 128, 2, 0, 2},  // ... not where two wide CTAs would share an SM
+      {8, 16, 16, 64, 128, 2, 0},     // ... nor for a short call (4 MB of KV)
+      {1, 32, 8, 8192, 128, 2, 1},   // one-wave split grid: kept apart from the next grid
       {1, 32, 8, 512, 128, 2, 0},    // ... unless the call is short (2 MB of KV)
       {1, 32, 8, 8192, 128, 1, 0},   // nothing to keep apart when one CTA fits
       {32, 16, 16, 1024, 64, 4, -1},  // D = 64, no split: the wide kernel, never padded
       {1, 16, 16, 4096, 64, 4, 2},    // D = 64 split: narrow kernel, 256 CTAs, two per SM
       {2, 32, 32, 4096, 128, 2, 0},   // 256 CTAs, two per SM: what fits
-      {4, 32, 32, 4096, 128, 2, 0},   // 128 units: one CTA each, one per SM
+      {4, 32, 32, 4096, 128, 2, -1},  // 128 units: one CTA each, one wave: wide
   };
   const fdfuzz::FakeDevice saved = fdfuzz::g_device;
   for (const Case& c : cases) {
@@ -442,6 +446,7 @@ void check_measured_decisions() {
     fdfuzz::g_device.num_sms = 132;
     fdfuzz::g_device.cc = 90;
     fdfuzz::g_device.ctas_per_sm = c.fit;
+    fdfuzz::g_device.wide_ctas_per_sm = c.wide_fit;
     fd_decode_params q = extents_params(c.b, c.hq, c.hkv, c.k_len, c.d, 0.125f);
     const uint64_t base = uint64_t{1} << 40, region = uint64_t{1} << 36;
     q.q = reinterpret_cast<const void*>(base);
