@@ -38,6 +38,9 @@ struct DecodeParams {
   // The merge kernel lets the next grid in the stream launch before it waits
   // for the split kernel (PDL), so that grid's prefetch overlaps this call.
   int32_t merge_early_trigger;
+  // Keys per CTA whose K/V rows the split kernel prefetches into L2 before its
+  // PDL wait (0: none).
+  int32_t prefetch_keys;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
 

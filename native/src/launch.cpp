@@ -124,7 +124,8 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 // nothing split, =2 also for every head_dim bucket with nothing split
 // (default: D = 64 with nothing split, and one-wave grids it holds alone);
 // FD_TUNE_EARLY_TRIGGER=0: the merge releases the next grid after its wait,
-// not before it (and one-wave split grids are not padded for it).
+// not before it (and one-wave split grids are not padded for it);
+// FD_TUNE_PREFETCH_KEYS=n prefetches n keys per CTA before the PDL wait.
 int tune_forced_splits() {
   static const int n = env_int("FD_TUNE_SPLITS");
   return n;
@@ -148,6 +149,12 @@ int tune_wide() {
 int tune_early_trigger() {
   static const int n =
       std::getenv("FD_TUNE_EARLY_TRIGGER") != nullptr ? env_int("FD_TUNE_EARLY_TRIGGER") : -1;
+  return n;
+}
+
+int tune_prefetch_keys() {
+  static const int n =
+      std::getenv("FD_TUNE_PREFETCH_KEYS") != nullptr ? env_int("FD_TUNE_PREFETCH_KEYS") : -1;
   return n;
 }
 

@@ -34,6 +34,7 @@ struct LaunchDecision {
   int max_ctas_per_sm = 0;  // > 0: pad shared memory so an SM holds at most this many
   bool wide = false;        // the wide (kWideWarpsPerCta) split kernel
   bool merge_early_trigger = false;  // the merge releases the next grid before its wait
+  int prefetch_keys = 0;  // per CTA, into L2 before the PDL wait
 };
 
 // Checks (all rules with full_checks, else problem + strides) and decides.
@@ -62,5 +63,6 @@ bool tune_one_cta_per_sm();
 int tune_max_ctas_per_sm();
 int tune_wide();  // -1: the library's rule; 0: never; 1: D = 64 unsplit only; 2: + every unsplit
 int tune_early_trigger();  // 0: never; else every merge (the default)
+int tune_prefetch_keys();  // >= 0: keys per CTA; -1: the library's rule
 
 }  // namespace fd

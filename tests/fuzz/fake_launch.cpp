@@ -86,5 +86,6 @@ bool tune_one_cta_per_sm() { return false; }
 int tune_max_ctas_per_sm() { return 0; }
 int tune_wide() { return -1; }
 int tune_early_trigger() { return -1; }
+int tune_prefetch_keys() { return -1; }
 
 }  // namespace fd

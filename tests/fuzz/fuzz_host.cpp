@@ -303,6 +303,9 @@ void check_launch(const fd::Problem& p, long launches_before) {
   if (d.num_splits > 1)
     FUZZ_CHECK(d.cluster_reduce || d.write_partials, "%d splits but no reduction",
                d.num_splits);
+  // The pre-wait prefetch needs 16-byte aligned rows (bulk copies).
+  FUZZ_CHECK(d.prefetch_keys >= 0 && (r.vec || d.prefetch_keys == 0),
+             "prefetch of %d keys per CTA (vec %d)", d.prefetch_keys, int(r.vec));
   // Only a merge kernel releases the next grid early.
   FUZZ_CHECK(!d.merge_early_trigger || d.write_partials, "early trigger without a merge");
   // Shared memory is padded only for a cluster (one CTA per SM), to thin out a

@@ -142,28 +142,23 @@ __device__ __forceinline__ uint32_t pack_bits(T lo, T hi) {
   return static_cast<uint32_t>(a) | (static_cast<uint32_t>(b) << 16);
 }
 
-// Keys per CTA whose K and V rows are prefetched into L2 before the PDL wait
-// (0: none, a measurement knob). 32 measured best of 16, 32, 64 and 128 on the
-// H100: more floods L2 while the merge before it reads its partials.
-#ifndef FD_PDL_PREFETCH_KEYS
-#define FD_PDL_PREFETCH_KEYS 32
-#endif
-
-// Prefetches into L2 the K/V rows a CTA reads first, while it waits for the
-// previous grid in the stream (PDL): that wait (~0.75 us) and the first tile's
-// HBM latency overlap instead of adding up. One bulk prefetch per row: per
-// 32-byte sector prefetches and dummy 256-byte loads measured slower. Only kernel parameters are read:
-// seq_lens may still be being written, so with it only split 0 prefetches (a
-// chunk past a sequence's end would cost reads nothing uses).
-template <typename T, int KEYS, int THREADS>
+// Prefetches into L2 the first p.prefetch_keys K/V rows of a CTA's chunk while
+// it waits for the previous grid in the stream (PDL): that wait (~0.75 us) and
+// the first tiles' HBM latency overlap instead of adding up. One bulk prefetch
+// per row (per-sector prefetches and dummy 256-byte loads measured slower).
+// Only kernel parameters are read: seq_lens may still be being written, so
+// with it only split 0 prefetches (a chunk past a sequence's end would cost
+// reads nothing uses).
+template <typename T, int THREADS>
 __device__ __forceinline__ void prefetch_first_rows(const DecodeParams& p, const T* kbase,
                                                     const T* vbase, int split, int chunk_len,
                                                     bool has_seq_lens) {
-  if (KEYS == 0 || (has_seq_lens && split != 0)) return;
+  const int keys = p.prefetch_keys;
+  if (keys <= 0 || (has_seq_lens && split != 0)) return;
   const int k_len = p.k_len;
   int begin = split * chunk_len;
   if (!has_seq_lens && p.window_size > 0) begin = max(begin, k_len - p.window_size);
-  const int end = min(min(split * chunk_len + chunk_len, k_len), begin + KEYS);
+  const int end = min(min(split * chunk_len + chunk_len, k_len), begin + keys);
   const uint32_t row_bytes = static_cast<uint32_t>(p.head_dim) * sizeof(T);
   for (int i = threadIdx.x; i < 2 * (end - begin); i += THREADS) {
     const int key = begin + (i >> 1);
@@ -210,9 +205,8 @@ __global__ void __launch_bounds__(WARPS * 32)
   const int num_splits = ptx::pin(p.num_splits), num_heads = ptx::pin(p.num_heads);
   float* partial_o = ptx::pin(p.partial_o);
   float* partial_lse = ptx::pin(p.partial_lse);
-  if constexpr (VEC && FD_PDL_PREFETCH_KEYS != 0)
-    prefetch_first_rows<T, FD_PDL_PREFETCH_KEYS, kThreads>(p, kbase, vbase, split, chunk_len,
-                                                           seq_lens != nullptr);
+  if constexpr (VEC)
+    prefetch_first_rows<T, kThreads>(p, kbase, vbase, split, chunk_len, seq_lens != nullptr);
   // Inputs may be produced by the previous kernel in the stream (PDL); the
   // merge may be scheduled as soon as every CTA of this grid is running.
   ptx::grid_dependency_wait();
