@@ -31,8 +31,7 @@ int64_t kv_bytes(const Problem& p) {
 constexpr int64_t kShortCallKvBytes = FD_SHORT_CALL_KV_BYTES;
 
 // Keys per CTA prefetched into L2 before the PDL wait (see decide_launch).
-constexpr int kShortPrefetchKeys = 32;
-constexpr int kLongPrefetchKeys = 128;
+constexpr int kPrefetchKeys = 32;
 
 // How many split CTAs an SM should hold (0: as many as fit). Measured on H100
 // and H200 (docs/RESULTS.md) with D = 64, where four fit: four per SM is never
@@ -148,19 +147,12 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   if (d.merge_early_trigger && d.vec && !d.wide && d.max_ctas_per_sm == 0 &&
       d.dev.ctas_per_sm > 1 && one_wave && kv_bytes(p) > kShortCallKvBytes)
     d.max_ctas_per_sm = 1;
-  // Keys each CTA prefetches into L2 before its PDL wait, where the loads can
-  // overlap the previous grid's tail and the handoff. A one-wave grid (one CTA
-  // per SM) prefetches more: its CTAs start as the previous grid's leave, so
-  // HBM is idle until the merge and the handoff are over: 128 keys measured
-  // 1-2% faster than 32 on one-wave rows (32/8 B1 K4096 and K8192, 64/8 B1
-  // K32768, 32/32 B4 K4096; H100). Grids of several CTAs per SM keep 32: more
-  // floods L2 while the merge before them reads its partials (32/32 B1 K8192
-  // 2% slower at 128).
+  // Keys each CTA prefetches into L2 before its PDL wait. 32 measured best
+  // both back to back and with a non-PDL kernel between calls
+  // (scripts/isolation_probe.py); 128 for one-wave grids was 1-2% faster back
+  // to back but 5-8% slower with a kernel in between (docs/RESULTS.md).
   const int forced_prefetch = tune_prefetch_keys();
-  d.prefetch_keys = !d.vec                 ? 0
-                    : forced_prefetch >= 0 ? forced_prefetch
-                    : one_wave && kv_bytes(p) > kShortCallKvBytes ? kLongPrefetchKeys
-                                                                  : kShortPrefetchKeys;
+  d.prefetch_keys = !d.vec ? 0 : forced_prefetch >= 0 ? forced_prefetch : kPrefetchKeys;
   return FD_STATUS_SUCCESS;
 }
 
