@@ -147,10 +147,12 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   if (d.merge_early_trigger && d.vec && !d.wide && d.max_ctas_per_sm == 0 &&
       d.dev.ctas_per_sm > 1 && one_wave && kv_bytes(p) > kShortCallKvBytes)
     d.max_ctas_per_sm = 1;
-  // Keys each CTA prefetches into L2 before its PDL wait. 32 measured best
-  // both back to back and with a non-PDL kernel between calls
-  // (scripts/isolation_probe.py); 128 for one-wave grids was 1-2% faster back
-  // to back but 5-8% slower with a kernel in between (docs/RESULTS.md).
+  // Keys each CTA prefetches into L2 before its PDL wait (H100,
+  // docs/RESULTS.md). Back to back, 32 beat none on every split row and beat
+  // 16 and 64. With a non-PDL kernel between calls (scripts/isolation_probe.py)
+  // it still helps one-wave split grids, but costs K = 512 0.3-0.55 us and a
+  // two-wave D = 64 grid 2.6%: CTAs of later waves find the wait already over.
+  // 128 in one-wave grids was 1-2% faster back to back, 5-8% slower isolated.
   const int forced_prefetch = tune_prefetch_keys();
   d.prefetch_keys = !d.vec ? 0 : forced_prefetch >= 0 ? forced_prefetch : kPrefetchKeys;
   return FD_STATUS_SUCCESS;
