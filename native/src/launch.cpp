@@ -41,9 +41,10 @@ int cuda_fail(cudaError_t e, const char* what) {
               cudaGetErrorString(e), cudaGetErrorName(e), static_cast<int>(e));
 }
 
-int env_int(const char* name) {
+// A measurement knob's value; `unset` when the variable is not set.
+int env_int(const char* name, int unset = 0) {
   const char* s = std::getenv(name);
-  return s != nullptr ? std::atoi(s) : 0;
+  return s != nullptr ? std::atoi(s) : unset;
 }
 
 }  // namespace
@@ -142,19 +143,17 @@ bool tune_one_cta_per_sm() {
 }
 
 int tune_wide() {
-  static const int n = std::getenv("FD_TUNE_WIDE") != nullptr ? env_int("FD_TUNE_WIDE") : -1;
+  static const int n = env_int("FD_TUNE_WIDE", -1);
   return n;
 }
 
 int tune_early_trigger() {
-  static const int n =
-      std::getenv("FD_TUNE_EARLY_TRIGGER") != nullptr ? env_int("FD_TUNE_EARLY_TRIGGER") : -1;
+  static const int n = env_int("FD_TUNE_EARLY_TRIGGER", -1);
   return n;
 }
 
 int tune_prefetch_keys() {
-  static const int n =
-      std::getenv("FD_TUNE_PREFETCH_KEYS") != nullptr ? env_int("FD_TUNE_PREFETCH_KEYS") : -1;
+  static const int n = env_int("FD_TUNE_PREFETCH_KEYS", -1);
   return n;
 }
 
