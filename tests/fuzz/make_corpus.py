@@ -16,30 +16,34 @@ SIZEOF_PARAMS = 264  # sizeof(fd_decode_params) on LP64; checked by the fuzzer's
 BASE, REGION = 1 << 40, 1 << 34
 
 
-def seed(entry, *, mode=EXACT | EXT_ZERO, sms=132, cc=90, ctas=1, cluster=8, active=132, dtype=F16, flags=0,
-         ptrs=None, ws_bytes=1 << 30, b=1, hq=8, hkv=8, k=128, d=128, scale=0.125, strides=None,
+# The field types decode() reads, in order (struct codes, little-endian). The
+# CPU test tests/python/test_fuzz_corpus.py checks this against fuzz_host.cpp.
+FORMAT = ("<" + "BBHBBBBB"  # entry, pointer mode, SMs, cc, CTAs/SM, wide CTAs/SM, cluster, active
+          + "iI"  # dtype, flags
+          + "5QQ"  # q, k, v, y, workspace; workspace bytes
+          + "5if"  # B, Hq, Hkv, K, D; scale
+          + "10q"  # strides q b/h, k b/h/k, v b/h/k, y b/h
+          + "QQi"  # stream, struct_size, cell index
+          + "Qqq"  # lse, its strides
+          + "QQqii"  # seq_lens, block_table, its stride, page_size, window
+          + "QQfiff")  # sinks, alibi, soft cap, kv dtype, k scale, v scale
+
+
+def seed(entry, *, mode=EXACT | EXT_ZERO, sms=132, cc=90, ctas=1, wide=1, cluster=8, active=132, dtype=F16,
+         flags=0, ptrs=None, ws_bytes=1 << 30, b=1, hq=8, hkv=8, k=128, d=128, scale=0.125, strides=None,
          stream=0, struct_size=SIZEOF_PARAMS, index=0, ext=None, tail=b""):
     if ptrs is None:
         ptrs = [BASE + i * REGION for i in range(5)]
     if strides is None:
         strides = [hq * d, d, hkv * k * d, k * d, d, hkv * k * d, k * d, d, hq * d, d]
-    out = struct.pack("<BBHBBBB", ENTRY[entry], mode, sms - 1, cc - 50, ctas - 1, cluster - 1,
-                      active)
-    out += struct.pack("<iI", dtype, flags)
-    out += struct.pack("<5Q", *ptrs)
-    out += struct.pack("<Q", ws_bytes)
-    out += struct.pack("<5i", b, hq, hkv, k, d)
-    out += struct.pack("<f", scale)
-    out += struct.pack("<10q", *strides)
-    out += struct.pack("<QQi", stream, struct_size, index)
     e = dict(lse=0, lse_b=0, lse_h=0, seq=0, bt=0, bts=0, page=0, window=0, sinks=0, alibi=0,
              cap=0.0, kvd=0, ks=0.0, vs=0.0)
     e.update(ext or {})
-    out += struct.pack("<Qqq", e["lse"], e["lse_b"], e["lse_h"])
-    out += struct.pack("<QQqii", e["seq"], e["bt"], e["bts"], e["page"], e["window"])
-    out += struct.pack("<QQfifF".replace("F", "f"), e["sinks"], e["alibi"], e["cap"], e["kvd"],
-                       e["ks"], e["vs"])
-    return out + tail
+    values = [ENTRY[entry], mode, sms - 1, cc - 50, ctas - 1, wide, cluster - 1, active, dtype, flags,
+              *ptrs, ws_bytes, b, hq, hkv, k, d, scale, *strides, stream, struct_size, index,
+              e["lse"], e["lse_b"], e["lse_h"], e["seq"], e["bt"], e["bts"], e["page"], e["window"],
+              e["sinks"], e["alibi"], e["cap"], e["kvd"], e["ks"], e["vs"]]
+    return struct.pack(FORMAT, *values) + tail
 
 
 SEEDS = {
