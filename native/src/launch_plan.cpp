@@ -100,10 +100,7 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   d.split = choose_splits(p, d.dev.num_sms, d.dev.ctas_per_sm);
   const int forced = tune_forced_splits();
   if (forced > 0 && p.k_len > 0 && !batch_invariant(p)) {
-    const int s = forced < max_splits(p) ? forced : max_splits(p);
-    const int chunk = (p.k_len + s - 1) / s;
-    d.split.chunk_len = (chunk + kMinChunk - 1) / kMinChunk * kMinChunk;
-    d.split.num_splits = (p.k_len + d.split.chunk_len - 1) / d.split.chunk_len;
+    d.split = split_into(p, forced < max_splits(p) ? forced : max_splits(p));
   }
   // Opt-in: a split small enough for one thread block cluster reduces on chip
   // (no merge launch, no workspace traffic), only when every unit's cluster is

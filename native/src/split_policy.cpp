@@ -58,10 +58,19 @@ SplitChoice choose_splits(const Problem& p, int num_sms, int ctas_per_sm) {
   const int64_t per_sm = ctas_per_sm >= 2 && 2 * units <= sms ? 2 : 1;
   int64_t s = std::max<int64_t>(1, std::min<int64_t>(per_sm * sms / units, kPolicyMaxSplits));
   s = std::min<int64_t>(s, max_splits(p));
-  const int64_t chunk = round_up(ceil_div(p.k_len, s), kMinChunk);
-  best.chunk_len = static_cast<int>(chunk);
-  best.num_splits = static_cast<int>(ceil_div(p.k_len, chunk));
-  return best;
+  return split_into(p, static_cast<int>(s));
+}
+
+SplitChoice split_into(const Problem& p, int splits) {
+  SplitChoice c;
+  if (p.k_len <= 0) return c;
+  int64_t chunk = round_up(ceil_div(p.k_len, std::max(splits, 1)), kMinChunk);
+  // One split of a k_len within 63 of INT32_MAX (a broadcast cache) would round
+  // past what an int holds; a chunk of k_len keys covers it just the same.
+  if (chunk > INT32_MAX) chunk = p.k_len;
+  c.chunk_len = static_cast<int>(chunk);
+  c.num_splits = static_cast<int>(ceil_div(p.k_len, chunk));
+  return c;
 }
 
 WorkspaceLayout workspace_layout(const Problem& p, int num_splits) {

@@ -59,6 +59,10 @@ struct SplitChoice {
 // `ctas_per_sm` CTAs of the split kernel.
 SplitChoice choose_splits(const Problem& p, int num_sms, int ctas_per_sm);
 
+// K cut into (about) `splits` chunks of a multiple of kMinChunk keys; the
+// chunk fits an int for every k_len >= 0.
+SplitChoice split_into(const Problem& p, int splits);
+
 // Layout of the workspace: per (b, h, split) an f32 row of bucket(D) partial
 // outputs, then per (b, h, split) one f32 log2-sum-exp.
 struct WorkspaceLayout {

@@ -78,6 +78,13 @@ SEEDS = {
                             k=3000, d=64),
     "cells": seed("cells", dtype=BF16, d=72, index=3),
     "misc": seed("misc", index=-5, b=3, hq=6, hkv=3, k=129, d=40),
+    # A broadcast cache (K/V strides 0) of k_len = INT32_MAX: one split per unit
+    # (4096 units), whose 64-key-rounded chunk once wrapped to INT32_MIN; and 16
+    # splits, whose last chunk end passes INT32_MAX.
+    "k_len_int32_max_one_split": seed("run_f16", b=512, hq=8, hkv=8, k=2 ** 31 - 1, d=8,
+                                      strides=[64, 8, 0, 0, 0, 0, 0, 0, 64, 8]),
+    "k_len_int32_max_splits": seed("run_f16", b=1, hq=8, hkv=1, k=2 ** 31 - 1, d=8,
+                                   strides=[64, 8, 0, 0, 0, 0, 0, 0, 64, 8]),
 }
 
 

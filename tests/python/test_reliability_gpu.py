@@ -446,6 +446,59 @@ def test_huge_problem_more_than_2_31_elements_is_exact_on_sampled_heads():
 
 # ------------------------------------------------------------------ GPU: misuse
 
+@gpu
+def test_k_len_at_int32_max_counts_every_key():
+    """A broadcast cache (K and V strides 0) of INT32_MAX keys, cut into 16
+    splits: the last chunk's end (16 x 2^27 keys) passes INT32_MAX, which once
+    wrapped and dropped that split. All scores are equal, so y is the V row
+    whatever the weights; the LSE is score + ln(k_len) only if every key counted
+    (a dropped split is off by ln(15/16))."""
+    torch = _torch()
+    b, hq, hkv, k_len, d = 1, 8, 1, 2 ** 31 - 1, 8
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q = torch.randn(b, hq, d, generator=g, device="cuda").half()
+    k = torch.randn(d, generator=g, device="cuda").half()
+    v = torch.randn(d, generator=g, device="cuda").half()
+    y = torch.full((b, hq, d), float("nan"), device="cuda", dtype=torch.float16)
+    lse = torch.full((b, hq), float("nan"), device="cuda", dtype=torch.float32)
+    p = _capi.FdDecodeParams()
+    p.struct_size = ctypes.sizeof(p)
+    p.dtype = int(fd.ElementKind.F16)
+    p.q, p.k, p.v, p.y = q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr()
+    p.batch_size, p.num_heads, p.num_kv_heads, p.k_len, p.head_dim = b, hq, hkv, k_len, d
+    p.q_stride_b, p.q_stride_h = hq * d, d
+    p.k_stride_b = p.k_stride_h = p.k_stride_k = 0
+    p.v_stride_b = p.v_stride_h = p.v_stride_k = 0
+    p.y_stride_b, p.y_stride_h = hq * d, d
+    p.scale = d ** -0.5
+    p.lse, p.lse_stride_b, p.lse_stride_h = ctypes.cast(lse.data_ptr(), ctypes.POINTER(ctypes.c_float)), hq, 1
+    lib = _native.lib()
+    need = ctypes.c_size_t(0)
+    assert lib.fd_decode_workspace_size(ctypes.byref(p), ctypes.byref(need)) == 0
+    ws = torch.empty(max(need.value, 1), dtype=torch.uint8, device="cuda")
+    p.workspace, p.workspace_bytes = ws.data_ptr(), need.value
+    plan = _capi.FdLaunchPlan(struct_size=ctypes.sizeof(_capi.FdLaunchPlan))
+    assert lib.fd_decode_plan(ctypes.byref(p), ctypes.byref(plan)) == 0, _native.last_error_message()
+    assert plan.num_splits > 1 and plan.num_splits * plan.chunk_len > 2 ** 31 - 1
+    assert lib.fd_decode(ctypes.byref(p)) == 0, _native.last_error_message()
+    torch.cuda.synchronize()
+    score = (q.double() @ k.double()) * d ** -0.5  # [b, hq]
+    want_lse = score + np.log(k_len)
+    assert torch.allclose(lse.double(), want_lse, rtol=0, atol=1e-3), (lse, want_lse)
+    assert torch.allclose(y.double(), v.double().expand(b, hq, d), rtol=1e-3, atol=1e-3)
+
+
+@gpu
+def test_one_split_of_int32_max_keys_has_a_chunk_that_fits():
+    """Enough units for one split each, and k_len = INT32_MAX: the chunk,
+    rounded up to 64 keys, once wrapped to INT32_MIN (the kernel then read
+    nothing). Now the plan covers every key with a positive chunk."""
+    desc = fd.FlashDecodingDescriptor.new_gqa(512, 8, 8, 2 ** 31 - 1, 8, fd.ElementKind.F16)
+    plan = fd.FlashDecodingPlan.select(None, desc).launch_plan()
+    assert plan["num_splits"] == 1
+    assert plan["chunk_len"] == 2 ** 31 - 1
+
+
 _MISUSE = r"""
 import ctypes, sys
 import numpy as np

@@ -156,9 +156,11 @@ __device__ __forceinline__ void prefetch_first_rows(const DecodeParams& p, const
   const int keys = p.prefetch_keys;
   if (keys <= 0 || (has_seq_lens && split != 0)) return;
   const int k_len = p.k_len;
-  int begin = split * chunk_len;
+  const int chunk0 = split * chunk_len;  // < k_len: the splits cover K, none empty
+  int begin = chunk0;
   if (!has_seq_lens && p.window_size > 0) begin = max(begin, k_len - p.window_size);
-  const int end = min(min(split * chunk_len + chunk_len, k_len), begin + keys);
+  // chunk0 + chunk_len may pass INT32_MAX on the last split; k_len - chunk0 cannot.
+  const int end = min(chunk0 + min(chunk_len, k_len - chunk0), begin + min(keys, k_len - begin));
   const uint32_t row_bytes = static_cast<uint32_t>(p.head_dim) * sizeof(T);
   for (int i = threadIdx.x; i < 2 * (end - begin); i += THREADS) {
     const int key = begin + (i >> 1);
@@ -217,7 +219,8 @@ __global__ void __launch_bounds__(WARPS * 32)
   const int lo = window_size > 0 ? max(0, seq_len - window_size) : 0;
   const int chunk0 = split * chunk_len;
   const int key_begin = max(chunk0, lo);
-  const int key_end = min(chunk0 + chunk_len, seq_len);
+  // Written so that no sum passes INT32_MAX (k_len may be close to it).
+  const int key_end = chunk0 >= seq_len ? chunk0 : chunk0 + min(chunk_len, seq_len - chunk0);
   const int n_tiles = key_end > key_begin ? (key_end - key_begin + kTileKeys - 1) / kTileKeys : 0;
   const int my_tiles = n_tiles > warp ? (n_tiles - warp + WARPS - 1) / WARPS : 0;
 
