@@ -41,6 +41,14 @@ struct DecodeParams {
   // Keys per CTA whose K/V rows the split kernel prefetches into L2 before its
   // PDL wait (0: none).
   int32_t prefetch_keys;
+  // The split kernel's K/V copies ask L2 to evict their lines first: a stream
+  // read once then leaves the lines that are read again (the partials the
+  // merge reads, the caller's data) in L2, and the partials' write-back to HBM
+  // stops interrupting the stream. Off for short calls (see decide_launch).
+  int32_t kv_evict_first;
+  // q's rows are 16-byte aligned and head_dim % 8 == 0: the vectorised split
+  // kernel loads q in 16-byte pieces.
+  int32_t q_vec;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
 

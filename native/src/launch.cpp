@@ -126,7 +126,8 @@ int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_
 // (default: D = 64 with nothing split, and one-wave grids it holds alone);
 // FD_TUNE_EARLY_TRIGGER=0: the merge releases the next grid after its wait,
 // not before it (and one-wave split grids are not padded for it);
-// FD_TUNE_PREFETCH_KEYS=n prefetches n keys per CTA before the PDL wait.
+// FD_TUNE_PREFETCH_KEYS=n prefetches n keys per CTA before the PDL wait;
+// FD_TUNE_EVICT_FIRST=0 / 1: K/V copies never / always evict-first in L2.
 int tune_forced_splits() {
   static const int n = env_int("FD_TUNE_SPLITS");
   return n;
@@ -154,6 +155,11 @@ int tune_early_trigger() {
 
 int tune_prefetch_keys() {
   static const int n = env_int("FD_TUNE_PREFETCH_KEYS", -1);
+  return n;
+}
+
+int tune_kv_evict_first() {
+  static const int n = env_int("FD_TUNE_EVICT_FIRST", -1);
   return n;
 }
 

@@ -17,10 +17,13 @@ bool can_vectorise(const Problem& p) {
 }
 
 // K and V bytes one call reads (the work that hides a grid-to-grid handoff).
+// Only compared with thresholds, so it saturates: a broadcast cache (strides
+// 0) may describe more bytes than an int64 holds.
 int64_t kv_bytes(const Problem& p) {
-  constexpr int64_t kElemBytes = 2;  // f16 and bf16, the only cells
-  return 2 * static_cast<int64_t>(p.batch_size) * p.num_kv_heads * p.k_len * p.head_dim *
-         kElemBytes;
+  constexpr double kElemBytes = 2;  // f16 and bf16, the only cells
+  const double bytes = 2 * kElemBytes * p.batch_size * static_cast<double>(p.num_kv_heads) *
+                       static_cast<double>(p.k_len) * p.head_dim;
+  return bytes >= 9.0e18 ? INT64_MAX : static_cast<int64_t>(bytes);
 }
 
 // A call of at most this many KV bytes (about 1.4 us of HBM time, less than
@@ -152,6 +155,12 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   // 128 in one-wave grids was 1-2% faster back to back, 5-8% slower isolated.
   const int forced_prefetch = tune_prefetch_keys();
   d.prefetch_keys = !d.vec ? 0 : forced_prefetch >= 0 ? forced_prefetch : kPrefetchKeys;
+  // Evict-first K/V lines (H100, docs/RESULTS.md): 1-3.5% faster on every
+  // row that streams tens of MB or more, split or not; but 3% slower on
+  // K = 512, whose lines the pre-wait prefetch has just brought in.
+  const int forced_evict = tune_kv_evict_first();
+  d.kv_evict_first = d.vec && (forced_evict >= 0 ? forced_evict != 0
+                                                 : kv_bytes(p) > kShortCallKvBytes);
   return FD_STATUS_SUCCESS;
 }
 
@@ -187,6 +196,9 @@ DecodeParams make_decode_params(const Problem& p, const LaunchDecision& dec) {
   d.wide_cta = dec.wide ? 1 : 0;
   d.merge_early_trigger = dec.merge_early_trigger ? 1 : 0;
   d.prefetch_keys = dec.prefetch_keys;
+  d.kv_evict_first = dec.kv_evict_first ? 1 : 0;
+  d.q_vec = p.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
+            p.q_stride_b % 8 == 0 && p.q_stride_h % 8 == 0;
   if (dec.write_partials) {
     const WorkspaceLayout w = workspace_layout(p, dec.split.num_splits);
     const uintptr_t ws = reinterpret_cast<uintptr_t>(p.workspace);

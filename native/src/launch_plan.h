@@ -35,6 +35,7 @@ struct LaunchDecision {
   bool wide = false;        // the wide (kWideWarpsPerCta) split kernel
   bool merge_early_trigger = false;  // the merge releases the next grid before its wait
   int prefetch_keys = 0;  // per CTA, into L2 before the PDL wait
+  bool kv_evict_first = false;  // K/V copies under an evict-first L2 policy
 };
 
 // Checks (all rules with full_checks, else problem + strides) and decides.
@@ -64,5 +65,6 @@ int tune_max_ctas_per_sm();
 int tune_wide();  // -1: the library's rule; 0: never; 1: D = 64 unsplit only; 2: + every unsplit
 int tune_early_trigger();  // 0: never; else every merge (the default)
 int tune_prefetch_keys();  // >= 0: keys per CTA; -1: the library's rule
+int tune_kv_evict_first();  // 0: never; 1: every vectorised call; -1: the library's rule
 
 }  // namespace fd

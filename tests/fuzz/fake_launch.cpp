@@ -87,5 +87,6 @@ int tune_max_ctas_per_sm() { return 0; }
 int tune_wide() { return -1; }
 int tune_early_trigger() { return -1; }
 int tune_prefetch_keys() { return -1; }
+int tune_kv_evict_first() { return -1; }
 
 }  // namespace fd

@@ -306,6 +306,12 @@ void check_launch(const fd::Problem& p, long launches_before) {
   // The pre-wait prefetch needs 16-byte aligned rows (bulk copies).
   FUZZ_CHECK(d.prefetch_keys >= 0 && (r.vec || d.prefetch_keys == 0),
              "prefetch of %d keys per CTA (vec %d)", d.prefetch_keys, int(r.vec));
+  // The evict-first copies and the 16-byte q loads are vectorised paths.
+  FUZZ_CHECK(!d.kv_evict_first || r.vec, "evict-first copies without vectorised loads");
+  FUZZ_CHECK(!d.q_vec || (p.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
+                          p.q_stride_b % 8 == 0 && p.q_stride_h % 8 == 0),
+             "16-byte q loads of head_dim %d, q %p, strides %lld, %lld", p.head_dim, p.q,
+             static_cast<long long>(p.q_stride_b), static_cast<long long>(p.q_stride_h));
   // Only a merge kernel releases the next grid early.
   FUZZ_CHECK(!d.merge_early_trigger || d.write_partials, "early trigger without a merge");
   // Shared memory is padded only for a cluster (one CTA per SM), to thin out a

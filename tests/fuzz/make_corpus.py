@@ -85,6 +85,10 @@ SEEDS = {
                                       strides=[64, 8, 0, 0, 0, 0, 0, 0, 64, 8]),
     "k_len_int32_max_splits": seed("run_f16", b=1, hq=8, hkv=1, k=2 ** 31 - 1, d=8,
                                    strides=[64, 8, 0, 0, 0, 0, 0, 0, 64, 8]),
+    # A broadcast cache describing more K/V bytes than an int64 holds: the
+    # launch rules' byte count (kv_bytes) once overflowed on it.
+    "kv_bytes_past_int64": seed("run_f16", b=65536, hq=1024, hkv=1024, k=2 ** 31 - 1, d=128,
+                                strides=[131072, 128, 0, 0, 0, 0, 0, 0, 131072, 128]),
 }
 
 

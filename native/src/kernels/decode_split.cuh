@@ -26,6 +26,13 @@ constexpr float kLn2 = 0.6931471805599453f;
 #endif
 constexpr bool kSplitP = FD_SPLIT_P != 0;
 
+// q staged through shared memory with 16-byte loads where its rows allow
+// (DecodeParams::q_vec); FD_STAGE_Q=0 measures the element loads everywhere.
+#ifndef FD_STAGE_Q
+#define FD_STAGE_Q 1
+#endif
+constexpr bool kStageQ = FD_STAGE_Q != 0;
+
 #ifndef FD_SMEM_SWIZZLE
 #define FD_SMEM_SWIZZLE 1
 #endif
@@ -77,10 +84,13 @@ struct SplitSmem {
 // columns >= head_dim zero-filled) into shared memory.
 // VEC: 16-byte cp.async (needs head_dim % 8 == 0, 16-byte aligned rows);
 // otherwise element loads, for any head_dim, stride or alignment.
-template <typename T, int DPAD, bool VEC>
+// EVICT_FIRST: the copies carry an evict-first L2 policy (see
+// DecodeParams::kv_evict_first).
+template <typename T, int DPAD, bool VEC, bool EVICT_FIRST = false>
 __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const T* vbase,
                                              int64_t k_stride, int64_t v_stride, int key0,
-                                             int key_end, int head_dim, int lane) {
+                                             int key_end, int head_dim, int lane,
+                                             uint64_t policy = 0) {
   if constexpr (VEC) {
     // L2 prefetch hint: with the swizzled layout a warp's copies already cover
     // whole lines and no hint measured 0-1% faster (fewer L2 requests); the
@@ -99,8 +109,13 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const
       const T* ks = ok ? kbase + key * k_stride + c * 8 : kbase;
       const T* vs = ok ? vbase + key * v_stride + c * 8 : vbase;
       const int off = SplitSmem<DPAD>::chunk_offset(row, c);
-      ptx::cp_async_16<kPrefetch>(sk + off, ks, ok ? 16 : 0);
-      ptx::cp_async_16<kPrefetch>(sv + off, vs, ok ? 16 : 0);
+      if constexpr (EVICT_FIRST) {
+        ptx::cp_async_16_hint<kPrefetch>(sk + off, ks, ok ? 16 : 0, policy);
+        ptx::cp_async_16_hint<kPrefetch>(sv + off, vs, ok ? 16 : 0, policy);
+      } else {
+        ptx::cp_async_16<kPrefetch>(sk + off, ks, ok ? 16 : 0);
+        ptx::cp_async_16<kPrefetch>(sv + off, vs, ok ? 16 : 0);
+      }
     }
   } else {
     const T zero = ptx::from_float<T>(0.f);
@@ -168,6 +183,27 @@ __device__ __forceinline__ void prefetch_first_rows(const DecodeParams& p, const
   }
 }
 
+// Query rows hq0 .. hq0 + nh - 1 as mma A fragments, one element at a time
+// (any head_dim, stride or alignment); rows >= nh and columns >= D are 0.
+template <typename T, int KSTEPS>
+__device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[KSTEPS][4], const DecodeParams& p,
+                                                 int b, int hq0, int nh, int gid, int tid) {
+  const T* qb = static_cast<const T*>(p.q) + b * p.q_stride_b;
+  const T zero = ptx::from_float<T>(0.f);
+#pragma unroll
+  for (int ks = 0; ks < KSTEPS; ++ks)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = gid + (i & 1) * 8;
+      const int col = ks * 16 + tid * 2 + (i >> 1) * 8;
+      const T* qr = qb + (hq0 + row) * p.q_stride_h;
+      const bool rv = row < nh;
+      const T lo_v = rv && col < p.head_dim ? qr[col] : zero;
+      const T hi_v = rv && col + 1 < p.head_dim ? qr[col + 1] : zero;
+      qf[ks][i] = pack_bits(lo_v, hi_v);
+    }
+}
+
 template <typename T, int DPAD, bool VEC, int STAGES, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32)
     decode_split_kernel(const DecodeParams p) {
@@ -228,10 +264,17 @@ __global__ void __launch_bounds__(WARPS * 32)
   // Tiles dealt round robin, so the CTA's copies in flight are one contiguous
   // stretch (1-5% faster than a contiguous quarter per warp, docs/RESULTS.md).
   auto tile_key0 = [&](int j) { return key_begin + (warp + j * WARPS) * kTileKeys; };
+  const bool evict_first = VEC && p.kv_evict_first != 0;
+  const uint64_t policy = ptx::make_evict_first_policy();
   auto load = [&](int j) {
     T* sk = ring + (j % STAGES) * S::kStageElems;
-    load_kv_tile<T, DPAD, VEC>(sk, sk + S::kTileElems, kbase, vbase, p.k_stride_k, p.v_stride_k,
-                               tile_key0(j), key_end, p.head_dim, lane);
+    if (evict_first)
+      load_kv_tile<T, DPAD, VEC, true>(sk, sk + S::kTileElems, kbase, vbase, p.k_stride_k,
+                                       p.v_stride_k, tile_key0(j), key_end, p.head_dim, lane,
+                                       policy);
+    else
+      load_kv_tile<T, DPAD, VEC>(sk, sk + S::kTileElems, kbase, vbase, p.k_stride_k, p.v_stride_k,
+                                 tile_key0(j), key_end, p.head_dim, lane);
   };
 
   float m[2] = {-INFINITY, -INFINITY};  // running max of rows gid, gid+8 (log2 units)
@@ -251,23 +294,43 @@ __global__ void __launch_bounds__(WARPS * 32)
   // Query rows of this CTA as mma A fragments (rows >= nh and columns >= D are 0),
   // read after the first K/V copies are on their way so both latencies overlap.
   uint32_t qf[KSTEPS][4];
-  {
-    const T* qb = static_cast<const T*>(p.q) + b * p.q_stride_b;
-    const T zero = ptx::from_float<T>(0.f);
+  if constexpr (VEC && STAGES >= 3 && kStageQ) {
+    if (p.q_vec) {
+      // 16-byte loads staged through this warp's last ring slot, which the
+      // prologue left empty and the loop's first step refills, then ldmatrix.
+      // The element loads below are 64 two-byte loads per thread, up to 8
+      // rows per warp instruction: measured 0.5-1.6% slower on split and
+      // D = 64 rows, and on one H100 1 us slower at K = 512 (docs/RESULTS.md).
+      T* sq = ring + (STAGES - 1) * S::kStageElems;
+      const T* qb = static_cast<const T*>(p.q) + b * p.q_stride_b + hq0 * p.q_stride_h;
+      constexpr int kChunks = DPAD / 8;
+      constexpr int kPerLane = (kMaxGroupPerCta * kChunks + 31) / 32;
+      const int head_dim = p.head_dim;
+      const int64_t q_stride_h = p.q_stride_h;
+      uint4 qv[kPerLane];
 #pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int row = gid + (i & 1) * 8;
-        const int col = ks * 16 + tid * 2 + (i >> 1) * 8;
-        const T* qr = qb + (hq0 + row) * p.q_stride_h;
-        const bool rv = row < nh;
-        const T lo_v = rv && col < p.head_dim ? qr[col] : zero;
-        const T hi_v = rv && col + 1 < p.head_dim ? qr[col + 1] : zero;
-        qf[ks][i] = pack_bits(lo_v, hi_v);
+      for (int it = 0; it < kPerLane; ++it) {  // every load first: one latency
+        const int i = lane + it * 32, row = i / kChunks, c = i % kChunks;
+        qv[it] = make_uint4(0u, 0u, 0u, 0u);
+        if (row < nh && c * 8 < head_dim)
+          qv[it] = *reinterpret_cast<const uint4*>(qb + row * q_stride_h + c * 8);
       }
+#pragma unroll
+      for (int it = 0; it < kPerLane; ++it) {
+        const int i = lane + it * 32, row = i / kChunks, c = i % kChunks;
+        if (row < kMaxGroupPerCta) *reinterpret_cast<uint4*>(sq + S::chunk_offset(row, c)) = qv[it];
+      }
+      __syncwarp();
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks)
+        ptx::ldmatrix_x4(qf[ks], sq + S::chunk_offset((lane & 7) + ((lane >> 3) & 1) * 8, ks * 2 + (lane >> 4)));
+      __syncwarp();
+    } else {
+      load_q_fragments<T, KSTEPS>(qf, p, b, hq0, nh, gid, tid);
+    }
+  } else {
+    load_q_fragments<T, KSTEPS>(qf, p, b, hq0, nh, gid, tid);
   }
-
 
   for (int j = 0; j < my_tiles; ++j) {
     if constexpr (VEC) {

@@ -38,6 +38,39 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int sr
   }
 }
 
+// The same copy, with an L2 eviction-priority policy (make_evict_first_policy).
+template <int PREFETCH>
+__device__ __forceinline__ void cp_async_16_hint(void* smem, const void* gmem, int src_bytes,
+                                                 uint64_t policy) {
+#ifdef FD_L2_PREFETCH
+  constexpr int kPrefetch = FD_L2_PREFETCH;
+#else
+  constexpr int kPrefetch = PREFETCH;
+#endif
+  if constexpr (kPrefetch == 256) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(
+                     smem_addr(smem)),
+                 "l"(gmem), "r"(src_bytes), "l"(policy));
+  } else if constexpr (kPrefetch == 128) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::128B [%0], [%1], 16, %2, %3;\n" ::"r"(
+                     smem_addr(smem)),
+                 "l"(gmem), "r"(src_bytes), "l"(policy));
+  } else {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(
+                     smem_addr(smem)),
+                 "l"(gmem), "r"(src_bytes), "l"(policy));
+  }
+}
+
+// An L2 policy under which the lines a load brings in are the first to go.
+__device__ __forceinline__ uint64_t make_evict_first_policy() {
+  uint64_t policy = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("createpolicy.fractional.L2::evict_first.b64 %0;\n" : "=l"(policy));
+#endif
+  return policy;
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int N>
