@@ -57,12 +57,11 @@ struct SplitSmem {
   static constexpr int kStageElems = 2 * kTileElems;  // K tile then V tile
   // Epilogue reuses the ring: per warp and row its max, sum and DPAD outputs
   // (rows kOutStride apart: 8 floats of padding keep the warps' stores of 8 rows
-  // at once off one bank), then the CTA's combined max and sum per row.
+  // at once off one bank).
   static constexpr int kOutStride = DPAD + 8;
   static constexpr size_t kWarpStateFloats =
       2 * WARPS * kMaxGroupPerCta + WARPS * kMaxGroupPerCta * kOutStride;
-  static constexpr size_t kEpilogueBytes =
-      sizeof(float) * (kWarpStateFloats + 2 * kMaxGroupPerCta);
+  static constexpr size_t kEpilogueBytes = sizeof(float) * kWarpStateFloats;
   __host__ __device__ static constexpr size_t bytes(int stages) {
     const size_t ring = size_t{2} * WARPS * stages * kStageElems;
     return ring > kEpilogueBytes ? ring : kEpilogueBytes;
@@ -437,31 +436,21 @@ __global__ void __launch_bounds__(WARPS * 32)
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
 
-  // Combine the warps in a fixed order through shared memory: each warp scales
-  // its outputs to the CTA's max, one thread per row sums the warps' sums, and
-  // the outputs are summed over the warps in warp order, four columns at a time.
+  // Combine the warps in a fixed order through shared memory: each warp stores
+  // its max, sum and unscaled outputs per row; after one barrier, each thread
+  // rescales the warps' pieces of its (row, 4 columns) to the row's max and
+  // sums them in warp order. (Scaling before the store cost a second barrier
+  // and a per-row pass before the sums could start.)
   constexpr int OS = S::kOutStride;
-  __syncthreads();
+  __syncthreads();  // every warp is done with the ring the epilogue reuses
   float* sm_m = reinterpret_cast<float*>(smem_raw);
   float* sm_l = sm_m + WARPS * kMaxGroupPerCta;
   float* sm_o = sm_l + WARPS * kMaxGroupPerCta;
-  float* cta_m = reinterpret_cast<float*>(smem_raw) + S::kWarpStateFloats;
-  float* cta_l = cta_m + kMaxGroupPerCta;
   if (tid == 0) {
     sm_m[warp * kMaxGroupPerCta + gid] = m[0];
     sm_m[warp * kMaxGroupPerCta + gid + 8] = m[1];
     sm_l[warp * kMaxGroupPerCta + gid] = l[0];
     sm_l[warp * kMaxGroupPerCta + gid + 8] = l[1];
-  }
-  __syncthreads();
-  float f[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = gid + r * 8;
-    float mall = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) mall = fmaxf(mall, sm_m[w * kMaxGroupPerCta + row]);
-    f[r] = m[r] == -INFINITY ? 0.f : exp2f(m[r] - mall);
   }
   // Only the CTA's nh query rows are stored (GQA groups of 4 or 8 leave the
   // upper half of the mma tile empty).
@@ -473,26 +462,8 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
       for (int n = 0; n < NT; ++n)
         *reinterpret_cast<float2*>(&sm_o[(warp * kMaxGroupPerCta + row) * OS + n * 8 + tid * 2]) =
-            make_float2(o[n][2 * r] * f[r], o[n][2 * r + 1] * f[r]);
+            make_float2(o[n][2 * r], o[n][2 * r + 1]);
     }
-  }
-  // The CTA's state per row: the max over the warps and the sum of the warps'
-  // sums rescaled to it, in warp order.
-  float* row_m = cta_m;
-  float* row_l = cta_l;
-  if (threadIdx.x < kMaxGroupPerCta) {
-    const int row = threadIdx.x;
-    float mall = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) mall = fmaxf(mall, sm_m[w * kMaxGroupPerCta + row]);
-    float lsum = 0.f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) {
-      const float mw = sm_m[w * kMaxGroupPerCta + row];
-      lsum += mw == -INFINITY ? 0.f : sm_l[w * kMaxGroupPerCta + row] * exp2f(mw - mall);
-    }
-    row_m[row] = mall;
-    row_l[row] = lsum;
   }
   __syncthreads();
 
@@ -508,16 +479,28 @@ __global__ void __launch_bounds__(WARPS * 32)
   for (int idx = threadIdx.x; idx < nh * C4; idx += kThreads) {
     const int row = idx / C4, col = (idx - row * C4) * 4;
     if (col >= p.head_dim) continue;
+    // The row's state: the max over the warps, and the warps' sums and outputs
+    // rescaled to it, in warp order (products rounded before the sums, so
+    // the bits are those of scaling first).
+    float mw[WARPS];
+    float mall = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      mw[w] = sm_m[w * kMaxGroupPerCta + row];
+      mall = fmaxf(mall, mw[w]);
+    }
+    float lsum = 0.f;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
+      const float f = mw[w] == -INFINITY ? 0.f : exp2f(mw[w] - mall);
+      lsum += mw[w] == -INFINITY ? 0.f : sm_l[w * kMaxGroupPerCta + row] * f;
       const float4 v = *reinterpret_cast<const float4*>(&sm_o[(w * kMaxGroupPerCta + row) * OS + col]);
-      acc.x += v.x;
-      acc.y += v.y;
-      acc.z += v.z;
-      acc.w += v.w;
+      acc.x += __fmul_rn(v.x, f);
+      acc.y += __fmul_rn(v.y, f);
+      acc.z += __fmul_rn(v.z, f);
+      acc.w += __fmul_rn(v.w, f);
     }
-    const float mall = row_m[row], lsum = row_l[row];
     const int h = hq0 + row;
     if (write_partials) {
       const int64_t prow = (row_base + h) * nc + split;
