@@ -108,13 +108,8 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* kbase, const
       const T* ks = ok ? kbase + key * k_stride + c * 8 : kbase;
       const T* vs = ok ? vbase + key * v_stride + c * 8 : vbase;
       const int off = SplitSmem<DPAD>::chunk_offset(row, c);
-      if constexpr (EVICT_FIRST) {
-        ptx::cp_async_16_hint<kPrefetch>(sk + off, ks, ok ? 16 : 0, policy);
-        ptx::cp_async_16_hint<kPrefetch>(sv + off, vs, ok ? 16 : 0, policy);
-      } else {
-        ptx::cp_async_16<kPrefetch>(sk + off, ks, ok ? 16 : 0);
-        ptx::cp_async_16<kPrefetch>(sv + off, vs, ok ? 16 : 0);
-      }
+      ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sk + off, ks, ok ? 16 : 0, policy);
+      ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sv + off, vs, ok ? 16 : 0, policy);
     }
   } else {
     const T zero = ptx::from_float<T>(0.f);

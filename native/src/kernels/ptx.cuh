@@ -18,49 +18,39 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 // src_bytes == 0 zero-fills the destination without reading src.
 // PREFETCH (0, 128 or 256) adds an L2 prefetch-size hint, so that one miss
 // fetches a longer DRAM burst; FD_L2_PREFETCH overrides every call's choice
-// (a measurement knob of scripts/tune.sh).
-template <int PREFETCH>
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
+// (a measurement knob of scripts/tune.sh). HINT: the copy carries the L2
+// eviction policy `policy` (make_evict_first_policy).
+#define FD_CP_ASYNC_16(QUALIFIERS)                                                         \
+  asm volatile("cp.async.cg.shared.global" QUALIFIERS " [%0], [%1], 16, %2;\n" ::"r"(dst), \
+               "l"(gmem), "r"(src_bytes))
+#define FD_CP_ASYNC_16_HINT(QUALIFIERS)                                              \
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint" QUALIFIERS                 \
+               " [%0], [%1], 16, %2, %3;\n" ::"r"(dst),                              \
+               "l"(gmem), "r"(src_bytes), "l"(policy))
+template <int PREFETCH, bool HINT = false>
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes,
+                                            uint64_t policy = 0) {
 #ifdef FD_L2_PREFETCH
   constexpr int kPrefetch = FD_L2_PREFETCH;
 #else
   constexpr int kPrefetch = PREFETCH;
 #endif
-  if constexpr (kPrefetch == 256) {
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-                 "l"(gmem), "r"(src_bytes));
-  } else if constexpr (kPrefetch == 128) {
-    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-                 "l"(gmem), "r"(src_bytes));
+  const uint32_t dst = smem_addr(smem);
+  if constexpr (HINT) {
+    if constexpr (kPrefetch == 256) FD_CP_ASYNC_16_HINT(".L2::256B");
+    else if constexpr (kPrefetch == 128) FD_CP_ASYNC_16_HINT(".L2::128B");
+    else FD_CP_ASYNC_16_HINT("");
   } else {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-                 "l"(gmem), "r"(src_bytes));
+    (void)policy;
+    if constexpr (kPrefetch == 256) FD_CP_ASYNC_16(".L2::256B");
+    else if constexpr (kPrefetch == 128) FD_CP_ASYNC_16(".L2::128B");
+    else FD_CP_ASYNC_16("");
   }
 }
+#undef FD_CP_ASYNC_16
+#undef FD_CP_ASYNC_16_HINT
 
-// The same copy, with an L2 eviction-priority policy (make_evict_first_policy).
-template <int PREFETCH>
-__device__ __forceinline__ void cp_async_16_hint(void* smem, const void* gmem, int src_bytes,
-                                                 uint64_t policy) {
-#ifdef FD_L2_PREFETCH
-  constexpr int kPrefetch = FD_L2_PREFETCH;
-#else
-  constexpr int kPrefetch = PREFETCH;
-#endif
-  if constexpr (kPrefetch == 256) {
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(
-                     smem_addr(smem)),
-                 "l"(gmem), "r"(src_bytes), "l"(policy));
-  } else if constexpr (kPrefetch == 128) {
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::128B [%0], [%1], 16, %2, %3;\n" ::"r"(
-                     smem_addr(smem)),
-                 "l"(gmem), "r"(src_bytes), "l"(policy));
-  } else {
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(
-                     smem_addr(smem)),
-                 "l"(gmem), "r"(src_bytes), "l"(policy));
-  }
-}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // An L2 policy under which the lines a load brings in are the first to go.
 __device__ __forceinline__ uint64_t make_evict_first_policy() {
@@ -71,7 +61,6 @@ __device__ __forceinline__ uint64_t make_evict_first_policy() {
   return policy;
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
