@@ -1,26 +1,23 @@
 #include "kernel_table.h"
 
 #include "flashdecoding/flashdecoding.h"
-#include "split_policy.h"
+#include "kv_layouts.h"
 
 namespace fd {
 namespace {
 
-#define FD_CELL(DTYPE, D, TAG, TYPENAME)                                          \
-  KernelCell {                                                                    \
-    DTYPE, D, "fd::decode_split_kernel<" TYPENAME ", " #D ">", &prepare_##TAG,      \
-        &active_clusters_##TAG, &launch_##TAG                                     \
-  }
+constexpr int32_t min_cc_of(int32_t kv_dtype) {
+  return kv_dtype == FD_DTYPE_FP8_E4M3 || kv_dtype == FD_DTYPE_FP8_E5M2 ? 89 : 80;
+}
 
+#define FD_STR2(x) #x
+#define FD_STR(x) FD_STR2(x)
+#define FD_CELL(TAG, ELEM, QDT, KVDT, DPAD, SOURCE, WIDE)                                 \
+  KernelCell{QDT, KVDT, DPAD, IsPagedSource<SOURCE>::value, WIDE != 0, min_cc_of(KVDT),     \
+             "fd::decode_kernel<" FD_STR(ELEM) ", " #DPAD ", " FD_STR(SOURCE) ">",              \
+             &prepare_##TAG, &launch_##TAG},
 const KernelCell kCells[] = {
-    FD_CELL(FD_DTYPE_F16, 64, f16_d64, "__half"),
-    FD_CELL(FD_DTYPE_F16, 80, f16_d80, "__half"),
-    FD_CELL(FD_DTYPE_F16, 96, f16_d96, "__half"),
-    FD_CELL(FD_DTYPE_F16, 128, f16_d128, "__half"),
-    FD_CELL(FD_DTYPE_BF16, 64, bf16_d64, "__nv_bfloat16"),
-    FD_CELL(FD_DTYPE_BF16, 80, bf16_d80, "__nv_bfloat16"),
-    FD_CELL(FD_DTYPE_BF16, 96, bf16_d96, "__nv_bfloat16"),
-    FD_CELL(FD_DTYPE_BF16, 128, bf16_d128, "__nv_bfloat16"),
+#include "cell_list.inc"
 };
 #undef FD_CELL
 
@@ -30,11 +27,15 @@ int kernel_cell_count() { return static_cast<int>(sizeof(kCells) / sizeof(kCells
 
 const KernelCell& kernel_cell(int index) { return kCells[index]; }
 
-int find_kernel_cell(int32_t dtype, int32_t head_dim) {
-  const int bucket = head_dim_bucket(head_dim);
-  for (int i = 0; i < kernel_cell_count(); ++i)
-    if (kCells[i].dtype == dtype && kCells[i].head_dim == bucket) return i;
-  return -1;
+int find_kernel_cell(int32_t dtype, int32_t kv_dtype, bool paged, int32_t head_dim) {
+  int best = -1;
+  for (int i = 0; i < kernel_cell_count(); ++i) {
+    const KernelCell& c = kCells[i];
+    if (c.kv_dtype != kv_dtype || c.paged != paged || c.head_dim < head_dim) continue;
+    if (c.q_dtype != 0 && c.q_dtype != dtype) continue;
+    if (best < 0 || c.head_dim < kCells[best].head_dim) best = i;
+  }
+  return best;
 }
 
 }  // namespace fd

@@ -1,5 +1,5 @@
-// The library's own kernel table: one cell per (element type, head_dim bucket),
-// each a split kernel + merge kernel compiled in its own translation unit.
+// The library's kernel table: one entry per line of kernels/cells.def, each a
+// decode kernel (+ its merge) compiled in its own translation unit.
 #pragma once
 
 #include <cstdint>
@@ -8,39 +8,51 @@
 
 namespace fd {
 
+// What a cell's kernels can do on the current device.
+struct CellFacts {
+  int ctas_per_sm = 0;       // of its 4-warp kernel; 0: cannot run here
+  int wide_ctas_per_sm = 0;  // of its 8-warp kernel (wide cells only); 0: cannot run
+  int smem_limit = 0;        // dynamic shared memory a launch may pad up to
+};
+
+// How one launch is shaped (host side only; the kernels read DecodeArgs).
+struct LaunchShape {
+  bool vec = false;   // 16-byte cp.async kernel (else element loads)
+  bool wide = false;  // the 8-warp kernel
+  bool pdl = false;   // programmatic dependent launch
+  int head_blocks = 1;
+  int pad_smem_bytes = 0;  // > 0: pad dynamic shared memory to this many bytes
+  int smem_limit = 0;      // CellFacts::smem_limit
+};
+
 struct KernelCell {
-  int32_t dtype;     // fd_dtype
+  int32_t q_dtype;   // fd_dtype of q and y; 0: f16 or bf16, chosen per call
+  int32_t kv_dtype;  // fd_dtype of k and v as stored
   int32_t head_dim;  // bucket
+  bool paged;
+  bool wide;         // carries the 8-warp kernel
+  int32_t min_cc;    // lowest compute capability it runs on
   const char* name;  // canonical template expression
-  // Raises the kernels' shared-memory limits on the current device (compute
-  // capability cc) and reports how many CTAs of the split kernel one SM holds,
-  // and of the wide split kernel (vec only; 0 where it cannot run). cudaError_t.
-  int (*prepare)(bool vec, int cc, int* ctas_per_sm, int* wide_ctas_per_sm);
-  // Clusters of `cluster` split CTAs (one per SM) the device holds at once.
-  int (*active_clusters)(bool vec, int cluster);
-  // Launches split (+ merge when p.write_partials) on the stream; cudaError_t.
-  int (*launch)(const DecodeParams& p, int head_blocks, bool vec, bool pdl, void* stream);
+  // Raises the kernels' shared-memory limits on the current device and reports
+  // what they can do there (cudaError_t).
+  int (*prepare)(bool vec, int smem_optin, int pad_limit, CellFacts* out);
+  // Launches decode (+ merge when a.launch.write_partials) on the stream (cudaError_t).
+  int (*launch)(const DecodeArgs& a, const LaunchShape& s, void* stream);
 };
 
 int kernel_cell_count();
 const KernelCell& kernel_cell(int index);
-// Index of the cell for (dtype, head_dim), or -1.
-int find_kernel_cell(int32_t dtype, int32_t head_dim);
 
-// Defined by the cell_*.cu translation units.
-#define FD_DECLARE_CELL(TAG)                                                   \
-  int prepare_##TAG(bool vec, int cc, int* ctas_per_sm, int* wide_ctas_per_sm); \
-  int active_clusters_##TAG(bool vec, int cluster);                            \
-  int launch_##TAG(const DecodeParams& p, int head_blocks, bool vec, bool pdl, \
-                   void* stream);
-FD_DECLARE_CELL(f16_d64)
-FD_DECLARE_CELL(f16_d80)
-FD_DECLARE_CELL(f16_d96)
-FD_DECLARE_CELL(f16_d128)
-FD_DECLARE_CELL(bf16_d64)
-FD_DECLARE_CELL(bf16_d80)
-FD_DECLARE_CELL(bf16_d96)
-FD_DECLARE_CELL(bf16_d128)
-#undef FD_DECLARE_CELL
+// The cell a problem runs on: the smallest bucket >= head_dim among the cells
+// of its element types and KV layout; -1 if none is compiled.
+int find_kernel_cell(int32_t dtype, int32_t kv_dtype, bool paged, int32_t head_dim);
+
+// Defined by the generated cell translation units (one per line of cells.def
+// compiled into this build).
+#define FD_CELL(TAG, ELEM, QDT, KVDT, DPAD, SOURCE, WIDE)                          \
+  int prepare_##TAG(bool vec, int smem_optin, int pad_limit, CellFacts* out);      \
+  int launch_##TAG(const DecodeArgs& a, const LaunchShape& s, void* stream);
+#include "cell_list.inc"
+#undef FD_CELL
 
 }  // namespace fd

@@ -4,34 +4,36 @@
 
 #include "kernel_table.h"
 #include "status.h"
+#include "tuning.h"
 
 namespace fd {
 namespace {
 
-// 16-byte cp.async needs 8-element rows on 16-byte boundaries everywhere.
-bool can_vectorise(const Problem& p) {
+// 16-byte cp.async needs whole 16-byte chunks per row on 16-byte boundaries.
+bool can_vectorise(const Problem& pr) {
+  const fd_decode_params& p = pr.c;
+  const int64_t per_chunk = 16 / kv_elem_bytes(pr);
   auto al16 = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  return p.head_dim % 8 == 0 && al16(p.k) && al16(p.v) && p.k_stride_b % 8 == 0 &&
-         p.k_stride_h % 8 == 0 && p.k_stride_k % 8 == 0 && p.v_stride_b % 8 == 0 &&
-         p.v_stride_h % 8 == 0 && p.v_stride_k % 8 == 0;
+  auto whole = [per_chunk](int64_t stride) { return stride % per_chunk == 0; };
+  return p.head_dim % per_chunk == 0 && al16(p.k) && al16(p.v) && whole(p.k_stride_b) &&
+         whole(p.k_stride_h) && whole(p.k_stride_k) && whole(p.v_stride_b) &&
+         whole(p.v_stride_h) && whole(p.v_stride_k) && whole(p.k_stride_page) &&
+         whole(p.v_stride_page);
 }
 
-// K and V bytes one call reads (the work that hides a grid-to-grid handoff).
-// Only compared with thresholds, so it saturates: a broadcast cache (strides
-// 0) may describe more bytes than an int64 holds.
+// K and V bytes one call reads at most (the work that hides a grid-to-grid
+// handoff). Only compared with thresholds, so it saturates: a broadcast cache
+// (strides 0) may describe more bytes than an int64 holds.
 int64_t kv_bytes(const Problem& p) {
-  constexpr double kElemBytes = 2;  // f16 and bf16, the only cells
-  const double bytes = 2 * kElemBytes * p.batch_size * static_cast<double>(p.num_kv_heads) *
-                       static_cast<double>(p.k_len) * p.head_dim;
+  const double bytes = 2.0 * kv_elem_bytes(p) * p.c.batch_size *
+                       static_cast<double>(p.c.num_kv_heads) * static_cast<double>(p.c.k_len) *
+                       p.c.head_dim;
   return bytes >= 9.0e18 ? INT64_MAX : static_cast<int64_t>(bytes);
 }
 
 // A call of at most this many KV bytes (about 1.4 us of HBM time, less than
 // its launch latencies) lets the next grid share its SMs (see decide_launch).
-#ifndef FD_SHORT_CALL_KV_BYTES
-#define FD_SHORT_CALL_KV_BYTES (4 << 20)
-#endif
-constexpr int64_t kShortCallKvBytes = FD_SHORT_CALL_KV_BYTES;
+constexpr int64_t kShortCallKvBytes = 4 << 20;
 
 // Keys per CTA prefetched into L2 before the PDL wait (see decide_launch).
 constexpr int kPrefetchKeys = 32;
@@ -71,10 +73,9 @@ int ctas_per_sm_cap(int64_t ctas, int num_sms, int fit) {
 }
 
 // Dynamic shared memory that keeps an SM from holding more than
-// max_ctas_per_sm split CTAs (0: no padding). One per SM is 116 KB, as the
-// cluster occupancy query assumes; more: just over 1 / (cap + 1) of the SM's
-// shared memory, less the 1 KB the runtime reserves per CTA. Never more than
-// a CTA may opt in to (the cells raise their limit to that, or 116 KB).
+// max_ctas_per_sm split CTAs (0: no padding). One per SM is 116 KB; more: just
+// over 1 / (cap + 1) of the SM's shared memory, less the 1 KB the runtime
+// reserves per CTA. Never more than a CTA may opt in to.
 int smem_pad_bytes(const LaunchDecision& d) {
   const int cap = d.max_ctas_per_sm;
   if (cap <= 0) return 0;
@@ -84,41 +85,52 @@ int smem_pad_bytes(const LaunchDecision& d) {
   return pad;
 }
 
+const char* kv_name(int32_t kv_dtype) {
+  return kv_dtype == FD_DTYPE_FP8_E4M3   ? "an fp8_e4m3 KV cache"
+         : kv_dtype == FD_DTYPE_FP8_E5M2 ? "an fp8_e5m2 KV cache"
+                                         : "the decode kernel";
+}
+
 }  // namespace
 
 int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   int st = full_checks ? check_all(p) : check_problem(p);
   if (st == FD_STATUS_SUCCESS && !full_checks) st = check_strides(p);
   if (st != FD_STATUS_SUCCESS) return st;
+  const Tuning& tune = tuning();
   LaunchDecision& d = *out;
   d = LaunchDecision{};
-  d.cell = find_kernel_cell(p.dtype, p.head_dim);
-  if (d.cell < 0)
-    return fail(FD_STATUS_UNSUPPORTED, "no kernel cell serves dtype %d with head_dim = %d",
-                p.dtype, p.head_dim);
+  d.cell = cell_of(p);
+  const KernelCell& cell = kernel_cell(d.cell);
   d.vec = can_vectorise(p);
   st = query_device(d.cell, d.vec, &d.dev);
   if (st != FD_STATUS_SUCCESS) return st;
-
-  d.split = choose_splits(p, d.dev.num_sms, d.dev.ctas_per_sm);
-  const int forced = tune_forced_splits();
-  if (forced > 0 && p.k_len > 0 && !batch_invariant(p)) {
-    d.split = split_into(p, forced < max_splits(p) ? forced : max_splits(p));
+  if (d.dev.cc < cell.min_cc)
+    return fail(FD_STATUS_UNSUPPORTED,
+                "%s needs compute capability %d.%d or newer%s; device %d is sm_%d",
+                kv_name(cell.kv_dtype), cell.min_cc / 10, cell.min_cc % 10,
+                cell.min_cc >= 89 ? " (the fp8 conversion instructions)" : "", d.dev.device,
+                d.dev.cc);
+  if (d.vec && d.dev.cell.ctas_per_sm <= 0) {
+    // The vectorised kernel's ring does not fit this GPU's shared memory
+    // (D = 256 on sm_86 / sm_89): the element-load kernel runs instead.
+    d.vec = false;
+    st = query_device(d.cell, d.vec, &d.dev);
+    if (st != FD_STATUS_SUCCESS) return st;
   }
-  // Opt-in: a split small enough for one thread block cluster reduces on chip
-  // (no merge launch, no workspace traffic), only when every unit's cluster is
-  // resident at once. Batch-invariant mode keeps the merge.
+  if (d.dev.cell.ctas_per_sm <= 0)
+    return fail(FD_STATUS_UNSUPPORTED, "the decode kernel %s cannot run on device %d (sm_%d)",
+                cell.name, d.dev.device, d.dev.cc);
+
+  d.split = choose_splits(p, d.dev.num_sms, d.dev.cell.ctas_per_sm);
+  if (tune.splits > 0 && p.c.k_len > 0 && !batch_invariant(p))
+    d.split = split_into(p, tune.splits < max_splits(p) ? tune.splits : max_splits(p));
   const int s = d.split.num_splits;
-  const int64_t units = static_cast<int64_t>(p.batch_size) * p.num_kv_heads * head_blocks(p);
-  d.cluster_reduce = !batch_invariant(p) && tune_clusters_enabled() && d.dev.cc >= 90 &&
-                     s >= 2 && s <= kMaxClusterSplits &&
-                     units <= device_active_clusters(d.dev, d.cell, d.vec, s);
-  d.write_partials = workspace_layout(p, s).bytes > 0 && !d.cluster_reduce;
-  const int tuned_cap = tune_max_ctas_per_sm();
-  d.max_ctas_per_sm = d.cluster_reduce || tune_one_cta_per_sm() ? 1
-                      : tuned_cap > 0                           ? tuned_cap
-                      : d.vec ? ctas_per_sm_cap(units * s, d.dev.num_sms, d.dev.ctas_per_sm)
-                              : 0;  // the scalar-load kernel hides latency with many CTAs
+  const int64_t units = static_cast<int64_t>(p.c.batch_size) * p.c.num_kv_heads * head_blocks(p);
+  d.write_partials = workspace_layout(p, s).bytes > 0;
+  d.max_ctas_per_sm = tune.max_ctas_per_sm > 0 ? tune.max_ctas_per_sm
+                      : d.vec ? ctas_per_sm_cap(units * s, d.dev.num_sms, d.dev.cell.ctas_per_sm)
+                              : 0;  // the element-load kernel hides latency with many CTAs
   // The wide kernel (8 warps per CTA instead of 4) runs grids with nothing
   // split where it puts more loads in flight per SM (H100, docs/RESULTS.md):
   // - D = 64 (two wide CTAs, 16 warps per SM): 4% faster on 16/16 D64 B32
@@ -129,13 +141,12 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   //   slower), and not short calls, whose next grid gains more from sharing
   //   the SMs early (see below).
   // Batch-invariant mode keeps one kernel whatever the batch.
-  const int wide_rule = tune_wide();
   const bool one_wave = units * s <= d.dev.num_sms;
-  const int bucket = head_dim_bucket(p.head_dim);
-  const bool wide_one_wave = one_wave && bucket == 128 && d.dev.wide_ctas_per_sm == 1 &&
-                             kv_bytes(p) > kShortCallKvBytes && wide_rule != 1;
-  d.wide = d.vec && d.dev.wide_ctas_per_sm > 0 && !batch_invariant(p) && !d.cluster_reduce &&
-           s == 1 && wide_rule != 0 && (wide_rule == 2 || bucket == 64 || wide_one_wave);
+  const int bucket = cell.head_dim;
+  const bool wide_one_wave = one_wave && bucket == 128 && d.dev.cell.wide_ctas_per_sm == 1 &&
+                             kv_bytes(p) > kShortCallKvBytes && tune.wide != 1;
+  d.wide = d.vec && cell.wide && d.dev.cell.wide_ctas_per_sm > 0 && !batch_invariant(p) &&
+           s == 1 && tune.wide != 0 && (tune.wide == 2 || bucket == 64 || wide_one_wave);
   if (d.wide) d.max_ctas_per_sm = 0;
   // The merge releases the next grid before its wait, so that grid's CTAs
   // start (and prefetch) as this call's CTAs leave, not after the merge: 1-6%
@@ -143,85 +154,69 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   // per SM would then share its SMs with the next grid's CTAs, which the
   // block scheduler pairs on some SMs; padded to one per SM it cannot, unless
   // the call is so short that the early prefetch matters more (K = 512).
-  d.merge_early_trigger = d.write_partials && tune_early_trigger() != 0;
+  d.merge_early_trigger = d.write_partials && tune.early_trigger != 0;
   if (d.merge_early_trigger && d.vec && !d.wide && d.max_ctas_per_sm == 0 &&
-      d.dev.ctas_per_sm > 1 && one_wave && kv_bytes(p) > kShortCallKvBytes)
+      d.dev.cell.ctas_per_sm > 1 && one_wave && kv_bytes(p) > kShortCallKvBytes)
     d.max_ctas_per_sm = 1;
   // Keys each CTA prefetches into L2 before its PDL wait (H100,
   // docs/RESULTS.md). Back to back, 32 beat none on every split row and beat
-  // 16 and 64. With a non-PDL kernel between calls (scripts/isolation_probe.py)
-  // it still helps one-wave split grids, but costs K = 512 0.3-0.55 us and a
-  // two-wave D = 64 grid 2.6%: CTAs of later waves find the wait already over.
-  // 128 in one-wave grids was 1-2% faster back to back, 5-8% slower isolated.
-  const int forced_prefetch = tune_prefetch_keys();
-  d.prefetch_keys = !d.vec ? 0 : forced_prefetch >= 0 ? forced_prefetch : kPrefetchKeys;
+  // 16 and 64. With a non-PDL kernel between calls it still helps one-wave
+  // split grids, but costs K = 512 0.3-0.55 us and a two-wave D = 64 grid
+  // 2.6%: CTAs of later waves find the wait already over. 128 in one-wave
+  // grids was 1-2% faster back to back, 5-8% slower isolated.
+  d.prefetch_keys = !d.vec ? 0 : tune.prefetch_keys >= 0 ? tune.prefetch_keys : kPrefetchKeys;
   // Evict-first K/V lines (H100, docs/RESULTS.md): 1-3.5% faster on every
   // row that streams tens of MB or more, split or not; but 3% slower on
   // K = 512, whose lines the pre-wait prefetch has just brought in.
-  const int forced_evict = tune_kv_evict_first();
-  d.kv_evict_first = d.vec && (forced_evict >= 0 ? forced_evict != 0
-                                                 : kv_bytes(p) > kShortCallKvBytes);
+  d.kv_evict_first = d.vec && (tune.evict_first >= 0 ? tune.evict_first != 0
+                                                     : kv_bytes(p) > kShortCallKvBytes);
   return FD_STATUS_SUCCESS;
 }
 
-DecodeParams make_decode_params(const Problem& p, const LaunchDecision& dec) {
-  DecodeParams d = {};
-  d.q = p.q;
-  d.k = p.k;
-  d.v = p.v;
-  d.y = p.y;
-  d.q_stride_b = p.q_stride_b;
-  d.q_stride_h = p.q_stride_h;
-  d.k_stride_b = p.k_stride_b;
-  d.k_stride_h = p.k_stride_h;
-  d.k_stride_k = p.k_stride_k;
-  d.v_stride_b = p.v_stride_b;
-  d.v_stride_h = p.v_stride_h;
-  d.v_stride_k = p.v_stride_k;
-  d.y_stride_b = p.y_stride_b;
-  d.y_stride_h = p.y_stride_h;
-  d.batch_size = p.batch_size;
-  d.num_heads = p.num_heads;
-  d.num_kv_heads = p.num_kv_heads;
-  d.k_len = p.k_len;
-  d.head_dim = p.head_dim;
-  d.group_size = p.num_heads / p.num_kv_heads;
-  d.scale = p.scale;
-  d.scale_log2 = p.scale * 1.4426950408889634f;
-  d.num_splits = dec.split.num_splits;
-  d.chunk_len = dec.split.chunk_len;
-  d.cluster_reduce = dec.cluster_reduce ? 1 : 0;
-  d.write_partials = dec.write_partials ? 1 : 0;
-  d.pad_smem_bytes = smem_pad_bytes(dec);
-  d.wide_cta = dec.wide ? 1 : 0;
-  d.merge_early_trigger = dec.merge_early_trigger ? 1 : 0;
-  d.prefetch_keys = dec.prefetch_keys;
-  d.kv_evict_first = dec.kv_evict_first ? 1 : 0;
-  d.q_vec = p.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
-            p.q_stride_b % 8 == 0 && p.q_stride_h % 8 == 0;
+DecodeArgs make_decode_args(const Problem& p, const LaunchDecision& dec) {
+  DecodeArgs a = {};
+  a.call = p.c;
+  LaunchParams& l = a.launch;
+  l.group_size = p.c.num_heads / p.c.num_kv_heads;
+  l.scale_log2 = p.c.scale * 1.4426950408889634f;
+  l.num_splits = dec.split.num_splits;
+  l.chunk_len = dec.split.chunk_len;
+  l.write_partials = dec.write_partials ? 1 : 0;
+  l.merge_early_trigger = dec.merge_early_trigger ? 1 : 0;
+  l.prefetch_keys = dec.prefetch_keys;
+  l.kv_evict_first = dec.kv_evict_first ? 1 : 0;
+  l.q_vec = p.c.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(p.c.q) % 16 == 0 &&
+            p.c.q_stride_b % 8 == 0 && p.c.q_stride_h % 8 == 0;
+  l.has_logit_mods = (p.c.logits_soft_cap > 0.f || p.c.alibi_slopes != nullptr) ? 1 : 0;
+  l.q_bf16 = p.c.dtype == FD_DTYPE_BF16 ? 1 : 0;
+  l.k_scale = p.c.k_scale != 0.f ? p.c.k_scale : 1.f;
+  l.v_scale = p.c.v_scale != 0.f ? p.c.v_scale : 1.f;
   if (dec.write_partials) {
     const WorkspaceLayout w = workspace_layout(p, dec.split.num_splits);
-    const uintptr_t ws = reinterpret_cast<uintptr_t>(p.workspace);
-    d.partial_o = reinterpret_cast<float*>(ws + w.partial_o_offset);
-    d.partial_lse = reinterpret_cast<float*>(ws + w.partial_lse_offset);
+    const uintptr_t ws = reinterpret_cast<uintptr_t>(p.c.workspace);
+    l.partial_o = reinterpret_cast<float*>(ws + w.partial_o_offset);
+    l.partial_lse = reinterpret_cast<float*>(ws + w.partial_lse_offset);
   }
-  d.lse = p.lse;
-  d.lse_stride_b = p.lse_stride_b;
-  d.lse_stride_h = p.lse_stride_h;
-  d.seq_lens = p.seq_lens;
-  d.window_size = p.window_size;
-  d.sinks = p.sinks;
-  d.alibi_slopes = p.alibi_slopes;
-  d.logits_soft_cap = p.logits_soft_cap;
-  d.has_logit_mods = (p.logits_soft_cap > 0.f || p.alibi_slopes != nullptr) ? 1 : 0;
-  return d;
+  return a;
+}
+
+LaunchShape make_launch_shape(const Problem& p, const LaunchDecision& d) {
+  LaunchShape s;
+  s.vec = d.vec;
+  s.wide = d.wide;
+  s.pdl = d.dev.cc >= 90;  // programmatic dependent launch
+  s.head_blocks = head_blocks(p);
+  s.pad_smem_bytes = smem_pad_bytes(d);
+  s.smem_limit = d.dev.cell.smem_limit;
+  return s;
 }
 
 int run_problem(const Problem& p) {
   LaunchDecision dec;
   const int st = decide_launch(p, true, &dec);
   if (st != FD_STATUS_SUCCESS) return st;
-  const int lst = launch_decode(dec, make_decode_params(p, dec), head_blocks(p), p.stream);
+  const int lst =
+      launch_decode(dec, make_decode_args(p, dec), make_launch_shape(p, dec), p.c.stream);
   if (lst == FD_STATUS_SUCCESS) clear_error();
   return lst;
 }
@@ -233,12 +228,18 @@ int plan_problem(const Problem& p, fd_launch_plan* plan) {
   plan->cell_index = dec.cell;
   plan->num_splits = dec.split.num_splits;
   plan->chunk_len = dec.split.chunk_len;
-  const int g = p.num_heads / p.num_kv_heads;
+  const int g = p.c.num_heads / p.c.num_kv_heads;
   plan->heads_per_cta = g < kMaxGroupPerCta ? g : kMaxGroupPerCta;
   plan->num_sms = dec.dev.num_sms;
   plan->device_cc = dec.dev.cc;
-  plan->cluster_size = dec.cluster_reduce ? dec.split.num_splits : 1;
+  plan->cluster_size = 1;
   plan->merge_kernel = dec.write_partials ? 1 : 0;
+  const int64_t ctas = static_cast<int64_t>(p.c.batch_size) * p.c.num_kv_heads *
+                       head_blocks(p) * dec.split.num_splits;
+  plan->ctas = ctas > INT32_MAX ? INT32_MAX : static_cast<int32_t>(ctas);
+  plan->warps_per_cta = dec.wide ? kWideWarpsPerCta : kWarpsPerCta;
+  plan->ctas_per_sm = dec.max_ctas_per_sm;
+  plan->vectorized = dec.vec ? 1 : 0;
   return FD_STATUS_SUCCESS;
 }
 

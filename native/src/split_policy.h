@@ -1,51 +1,32 @@
-// How the K axis is cut: the CTA shape constants of the decode kernels, the
-// largest split count any GPU may pick (this sizes the workspace, so it must not
-// depend on the device), and the per-device choice made at run time.
+// How the K axis is cut: the largest split count any GPU may pick (this sizes
+// the workspace, so it must not depend on the device), and the per-device
+// choice made at run time. Host code only.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "cta_shape.h"
 #include "problem.h"
 
 namespace fd {
 
-#ifndef FD_WARPS_PER_CTA
-#define FD_WARPS_PER_CTA 4
-#endif
-constexpr int kWarpsPerCta = FD_WARPS_PER_CTA;
-constexpr int kThreadsPerCta = kWarpsPerCta * 32;
-// Warps of the wide split kernel, run instead when nothing is split and the
-// head_dim bucket is 64 (launch_plan.cpp says why).
-constexpr int kWideWarpsPerCta = 8;
-constexpr int kTileKeys = 16;                       // keys one warp takes per step
-constexpr int kMinChunk = kTileKeys * kWarpsPerCta;  // a split gives every warp a tile
-constexpr int kMaxGroupPerCta = 16;                 // query rows of one mma tile
-constexpr int kInvariantChunk = 512;                // fixed chunk of batch-invariant mode
+constexpr int kInvariantChunk = 512;  // fixed chunk of batch-invariant mode
 // Dynamic shared memory of a split CTA padded to one per SM: more than half of
-// sm_90's 228 KB (a cluster launch would otherwise pack its CTAs two to an SM
-// on half the SMs). The cells raise their limit to this, so padding up to it works.
+// sm_90's 228 KB. The cells raise their limit to this, so padding up to it works.
 constexpr int kOneCtaPerSmSmem = 116 * 1024;
-// Most splits the run-time policy picks (32 measured slower: the merge's extra
-// partials cost more than a fuller GPU gains; docs/RESULTS.md).
+// Most splits the run-time policy picks for parallelism (32 measured slower: the
+// merge's extra partials cost more than a fuller GPU gains; docs/RESULTS.md).
 constexpr int kPolicyMaxSplits = 16;
-// Largest thread block cluster of split CTAs (sm_90's non-portable limit).
-constexpr int kMaxClusterSplits = 16;
-// The policy aims at one or two CTAs per SM; bounding splits by a GPU of this many SMs
-// keeps the workspace small for large batches and device independent.
+// Most keys one split streams. A warp's f32 accumulators take one more term
+// per 16-key tile; past about 2^13 terms per warp the rounding of a running
+// sum drifts measurably (near k_len = 2^31, one split per 2^27 keys left y
+// 18-28% low). Longer caches get more splits: up to 8 Mi keys nothing changes
+// (16 splits of 2^19), k_len = 2^31 - 1 takes 4096.
+constexpr int64_t kMaxChunkKeys = int64_t{1} << 19;
+// The policy aims at one or two CTAs per SM; bounding splits by a GPU of this
+// many SMs keeps the workspace small for large batches and device independent.
 constexpr int64_t kMaxSplitCtas = 1024;
-
-// Smallest compiled head_dim bucket that holds head_dim (0 if none).
-int head_dim_bucket(int head_dim);
-
-inline int head_blocks(const Problem& p) {
-  const int g = p.num_heads / p.num_kv_heads;
-  return (g + kMaxGroupPerCta - 1) / kMaxGroupPerCta;
-}
-
-inline bool batch_invariant(const Problem& p) {
-  return (p.flags & FD_FLAG_BATCH_INVARIANT) != 0;
-}
 
 // Upper bound of num_splits over every GPU. 1 means the single-kernel path only.
 int max_splits(const Problem& p);
@@ -72,7 +53,7 @@ struct WorkspaceLayout {
 };
 
 // Layout for `num_splits` splits (bytes == 0 when num_splits == 1 and the mode
-// needs no merge).
+// needs no merge). The problem must have passed check_problem.
 WorkspaceLayout workspace_layout(const Problem& p, int num_splits);
 
 }  // namespace fd

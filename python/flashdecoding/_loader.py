@@ -51,7 +51,7 @@ def candidate_paths() -> Tuple[List[str], bool]:
     if pkg_dir / "_lib" not in lib_dirs:
         lib_dirs.append(pkg_dir / "_lib")
     for lib_dir in lib_dirs:
-        # The wheel may carry only the versioned names (libflashdecoding.so.0.1.0 and
+        # The wheel may carry only the versioned names (libflashdecoding.so.0.2.0 and
         # its soname copy): the plain name first, then those, newest last-resort.
         paths.append(str(lib_dir / name))
         if lib_dir.is_dir():

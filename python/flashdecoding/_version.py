@@ -1,6 +1,6 @@
 """Version of the Python package; it must equal the C library's FD_VERSION."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def version_int(text: str = __version__) -> int:

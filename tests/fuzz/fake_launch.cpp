@@ -1,18 +1,20 @@
 // Host-only stand-in for native/src/launch.cpp (the device hooks of
-// launch_plan.h) and for the prepare_/launch_ entry points of the compiled
-// kernel cells, so the libFuzzer target links the library's real host code,
-// launch_plan.cpp included, without CUDA. Only the device is fake: its SM
-// count, compute capability, occupancy, clusters and tuning knobs come from the
-// fuzzer (fdfuzz::g_device), and a launch records its arguments in
-// fdfuzz::g_launch for the fuzzer to check instead of running.
+// launch_plan.h), for the launch of fd_merge_states, and for the prepare_ /
+// launch_ entry points of the compiled kernel cells, so the libFuzzer target
+// links the library's real host code, launch_plan.cpp included, without CUDA.
+// Only the device is fake: its SM count, compute capability and occupancy
+// come from the fuzzer (fdfuzz::g_device), and a launch records its arguments
+// in fdfuzz::g_launch for the fuzzer to check instead of running.
 #include "fake_launch.h"
 
 #include <cstdint>
 
 #include "kernel_table.h"
 #include "launch_plan.h"
+#include "merge_states.h"
 #include "split_policy.h"
 #include "status.h"
+#include "tuning.h"
 
 namespace fdfuzz {
 FakeDevice g_device;
@@ -21,72 +23,56 @@ LaunchRecord g_launch;
 
 namespace fd {
 
-#define FD_FAKE_CELL(TAG)                                                                 \
-  int prepare_##TAG(bool vec, int, int* ctas_per_sm, int* wide_ctas_per_sm) {            \
-    *ctas_per_sm = fdfuzz::g_device.ctas_per_sm;                                          \
-    *wide_ctas_per_sm = vec ? fdfuzz::g_device.wide_ctas_per_sm : 0;                      \
-    return 0; /* cudaSuccess */                                                           \
-  }                                                                                       \
-  int active_clusters_##TAG(bool, int cluster) {                                          \
-    return cluster <= fdfuzz::g_device.max_cluster ? fdfuzz::g_device.active_clusters : 0; \
-  }                                                                                       \
-  int launch_##TAG(const DecodeParams& p, int head_blocks, bool vec, bool pdl, void* s) { \
-    fdfuzz::LaunchRecord& r = fdfuzz::g_launch;                                           \
-    ++r.launches;                                                                         \
-    r.cell = #TAG;                                                                        \
-    r.params = p;                                                                         \
-    r.head_blocks = head_blocks;                                                          \
-    r.vec = vec;                                                                          \
-    r.pdl = pdl;                                                                          \
-    r.stream = s;                                                                         \
-    return 0;                                                                             \
+// One fake prepare / launch pair per line of the cell list.
+#define FD_CELL(TAG, ELEM, QDT, KVDT, DPAD, SOURCE, WIDE)                                   \
+  int prepare_##TAG(bool vec, int, int pad_limit, CellFacts* out) {                        \
+    *out = CellFacts{};                                                                     \
+    out->ctas_per_sm = vec ? fdfuzz::g_device.ctas_per_sm : fdfuzz::g_device.elem_ctas_per_sm; \
+    out->wide_ctas_per_sm = (WIDE) && vec ? fdfuzz::g_device.wide_ctas_per_sm : 0;          \
+    out->smem_limit = pad_limit;                                                            \
+    return 0; /* cudaSuccess */                                                             \
+  }                                                                                         \
+  int launch_##TAG(const DecodeArgs& a, const LaunchShape& s, void* stream) {               \
+    fdfuzz::LaunchRecord& r = fdfuzz::g_launch;                                             \
+    ++r.launches;                                                                           \
+    r.cell = #TAG;                                                                          \
+    r.args = a;                                                                             \
+    r.shape = s;                                                                            \
+    r.stream = stream;                                                                      \
+    return 0;                                                                               \
   }
-FD_FAKE_CELL(f16_d64)
-FD_FAKE_CELL(f16_d80)
-FD_FAKE_CELL(f16_d96)
-FD_FAKE_CELL(f16_d128)
-FD_FAKE_CELL(bf16_d64)
-FD_FAKE_CELL(bf16_d80)
-FD_FAKE_CELL(bf16_d96)
-FD_FAKE_CELL(bf16_d128)
-#undef FD_FAKE_CELL
+#include "kernels/cells.def"
+#undef FD_CELL
 
 // The device hooks of launch_plan.h, answered by the fuzzer's fake device.
 int query_device(int cell, bool vec, DeviceView* out) {
-  int n = 0, wide = 0;
-  if (kernel_cell(cell).prepare(vec, fdfuzz::g_device.cc, &n, &wide) != 0)
-    return fail(FD_STATUS_CUDA_ERROR, "fake prepare failed");
-  if (n <= 0)
-    return fail(FD_STATUS_UNSUPPORTED, "the decode kernel %s cannot run on the fake device",
-                kernel_cell(cell).name);
   out->device = 0;
   out->num_sms = fdfuzz::g_device.num_sms;
   out->cc = fdfuzz::g_device.cc;
-  out->ctas_per_sm = n;
-  out->wide_ctas_per_sm = wide;
   out->smem_per_sm = fdfuzz::kFakeSmemPerSm;
   out->smem_per_block = fdfuzz::kFakeSmemPerBlock;
+  out->cell = CellFacts{};
+  if (out->cc < kernel_cell(cell).min_cc) return FD_STATUS_SUCCESS;
+  if (kernel_cell(cell).prepare(vec, fdfuzz::kFakeSmemPerBlock, kOneCtaPerSmSmem, &out->cell) != 0)
+    return fail(FD_STATUS_CUDA_ERROR, "fake prepare failed");
   return FD_STATUS_SUCCESS;
 }
 
-int device_active_clusters(const DeviceView&, int cell, bool vec, int splits) {
-  return kernel_cell(cell).active_clusters(vec, splits);
-}
-
-int launch_decode(const LaunchDecision& d, const DecodeParams& params, int head_blocks,
+int launch_decode(const LaunchDecision& d, const DecodeArgs& args, const LaunchShape& shape,
                   void* stream) {
-  if (kernel_cell(d.cell).launch(params, head_blocks, d.vec, d.dev.cc >= 90, stream) != 0)
+  if (kernel_cell(d.cell).launch(args, shape, stream) != 0)
     return fail(FD_STATUS_CUDA_ERROR, "fake launch failed");
   return FD_STATUS_SUCCESS;
 }
 
-int tune_forced_splits() { return fdfuzz::g_device.forced_splits; }
-bool tune_clusters_enabled() { return fdfuzz::g_device.clusters_enabled; }
-bool tune_one_cta_per_sm() { return false; }
-int tune_max_ctas_per_sm() { return 0; }
-int tune_wide() { return -1; }
-int tune_early_trigger() { return -1; }
-int tune_prefetch_keys() { return -1; }
-int tune_kv_evict_first() { return -1; }
+int launch_merge_states(const fd_merge_params&) {
+  ++fdfuzz::g_launch.merges;
+  return FD_STATUS_SUCCESS;
+}
+
+const Tuning& tuning() {
+  static const Tuning t{};
+  return t;
+}
 
 }  // namespace fd

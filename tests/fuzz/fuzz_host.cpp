@@ -13,11 +13,14 @@
 //  * a check and the run it predicts give the same status and the same message;
 //    SUCCESS from a check means the run reaches the launch, a failure means it
 //    does not;
-//  * what is launched is sane: splits cover k_len with no empty split, grid
-//    dimensions within CUDA's limits, the workspace the launch uses lies within
-//    the caller's and within the size the size functions report, clusters only
-//    as large as the device allows;
-//  * fd_flash_decoding_workspace_size and fd_decode_workspace_size agree.
+//  * what is launched is sane: the cell serves the problem (element types,
+//    bucket, layout), splits cover k_len with no empty split and no chunk
+//    longer than the accuracy bound, grid dimensions within CUDA's limits, the
+//    workspace the launch uses lies within the caller's and within the size the
+//    size functions report;
+//  * fd_flash_decoding_workspace_size and fd_decode_workspace_size agree;
+//  * fd_merge_states_check and fd_merge_states agree, and a refused merge
+//    launches nothing.
 //
 // Input layout (little-endian, missing bytes read as zero): see Reader and
 // decode() below; tests/fuzz/make_corpus.py writes seeds in this layout.
@@ -80,7 +83,8 @@ enum Entry : uint8_t {
   kDecodePlan = 8,
   kCells = 9,
   kMisc = 10,
-  kEntries = 11,
+  kMerge = 11,  // fd_merge_states_check, then fd_merge_states
+  kEntries = 12,
 };
 
 // ptr_mode bits
@@ -88,7 +92,7 @@ constexpr uint8_t kPtrRelative = 0x1;      // pointers = base + (raw % 2^24): ov
 constexpr uint8_t kStructSizeExact = 0x2;  // struct_size = sizeof(fd_decode_params)
 constexpr uint8_t kNullOut = 0x4;          // NULL for params / bytes / plan / cell / index
 constexpr uint8_t kExtensionsZero = 0x8;   // extension fields zero (the plain decode)
-constexpr uint8_t kClusters = 0x10;        // the opt-in cluster path on (FD_TUNE_CLUSTER)
+constexpr uint8_t kElemKernel = 0x10;      // the vectorised kernel does not fit the device
 
 struct Input {
   uint8_t entry = 0, ptr_mode = 0;
@@ -116,9 +120,9 @@ Input decode(const uint8_t* data, size_t size) {
   dev.cc = 50 + r.get<uint8_t>() % 60;
   dev.ctas_per_sm = 1 + r.get<uint8_t>() % 32;
   dev.wide_ctas_per_sm = r.get<uint8_t>() % 3;
-  dev.max_cluster = 1 + r.get<uint8_t>() % 16;
-  dev.active_clusters = r.get<uint8_t>();
-  dev.clusters_enabled = (in.ptr_mode & kClusters) != 0;
+  dev.elem_ctas_per_sm = 1 + r.get<uint8_t>() % 16;
+  (void)r.get<uint8_t>();  // formerly a cluster count; kept so old seeds decode the same
+  if (in.ptr_mode & kElemKernel) dev.ctas_per_sm = 0;
   fd_decode_params& p = in.p;
   std::memset(&p, 0, sizeof(p));
   p.dtype = r.get<int32_t>();
@@ -166,6 +170,13 @@ Input decode(const uint8_t* data, size_t size) {
   ext.kv_dtype = r.get<int32_t>();
   ext.k_scale = r.get<float>();
   ext.v_scale = r.get<float>();
+  ext.k_stride_page = r.get<int64_t>();
+  ext.v_stride_page = r.get<int64_t>();
+  ext.max_pages = r.get<int32_t>();
+  ext.num_pages = r.get<int32_t>();
+  ext.k_scales = static_cast<const float*>(ptr_of(r.get<uint64_t>(), m));
+  ext.v_scales = static_cast<const float*>(ptr_of(r.get<uint64_t>(), m));
+  ext.sink_tokens = r.get<int32_t>();
   if (!(m & kExtensionsZero)) {
     p.lse = ext.lse;
     p.lse_stride_b = ext.lse_stride_b;
@@ -181,6 +192,13 @@ Input decode(const uint8_t* data, size_t size) {
     p.kv_dtype = ext.kv_dtype;
     p.k_scale = ext.k_scale;
     p.v_scale = ext.v_scale;
+    p.k_stride_page = ext.k_stride_page;
+    p.v_stride_page = ext.v_stride_page;
+    p.max_pages = ext.max_pages;
+    p.num_pages = ext.num_pages;
+    p.k_scales = ext.k_scales;
+    p.v_scales = ext.v_scales;
+    p.sink_tokens = ext.sink_tokens;
   }
   in.tail.assign(r.rest(), r.rest() + r.left());
   return in;
@@ -244,105 +262,118 @@ bool problem_of(const ParamsBuffer& b, fd::Problem* out) {
 uint64_t addr(const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); }
 
 // What a launch did, against the problem it was asked for.
-void check_launch(const fd::Problem& p, long launches_before) {
+void check_launch(const fd::Problem& pr, long launches_before) {
+  const fd_decode_params& p = pr.c;
   const fdfuzz::LaunchRecord& r = fdfuzz::g_launch;
   FUZZ_CHECK(r.launches == launches_before + 1, "a successful run launched %ld times",
              r.launches - launches_before);
-  const fd::DecodeParams& d = r.params;
-  FUZZ_CHECK(d.q == p.q && d.k == p.k && d.v == p.v && d.y == p.y && r.stream == p.stream,
+  const fd_decode_params& a = r.args.call;
+  const fd::LaunchParams& d = r.args.launch;
+  const fd::LaunchShape& s = r.shape;
+  FUZZ_CHECK(a.q == p.q && a.k == p.k && a.v == p.v && a.y == p.y && r.stream == p.stream &&
+                 a.block_table == p.block_table && a.seq_lens == p.seq_lens,
              "pointers or stream changed on the way to the launch");
-  FUZZ_CHECK(d.q != nullptr && d.y != nullptr, "launch with NULL q or y");
-  FUZZ_CHECK(d.k_len == 0 || (d.k != nullptr && d.v != nullptr), "launch with NULL k or v");
-  FUZZ_CHECK(d.batch_size >= 1 && d.num_heads >= 1 && d.num_kv_heads >= 1 && d.k_len >= 0 &&
-                 d.head_dim >= 1 && d.head_dim <= FD_FLASH_DECODING_MAX_HEAD_DIM,
-             "extents B=%d Hq=%d Hkv=%d K=%d D=%d", d.batch_size, d.num_heads, d.num_kv_heads,
-             d.k_len, d.head_dim);
-  FUZZ_CHECK(int64_t{d.group_size} * d.num_kv_heads == d.num_heads, "group size %d",
+  FUZZ_CHECK(a.q != nullptr && a.y != nullptr, "launch with NULL q or y");
+  FUZZ_CHECK(a.k_len == 0 || (a.k != nullptr && a.v != nullptr), "launch with NULL k or v");
+  FUZZ_CHECK(a.batch_size >= 1 && a.num_heads >= 1 && a.num_kv_heads >= 1 && a.k_len >= 0 &&
+                 a.head_dim >= 1 && a.head_dim <= FD_FLASH_DECODING_MAX_HEAD_DIM,
+             "extents B=%d Hq=%d Hkv=%d K=%d D=%d", a.batch_size, a.num_heads, a.num_kv_heads,
+             a.k_len, a.head_dim);
+  FUZZ_CHECK(int64_t{d.group_size} * a.num_kv_heads == a.num_heads, "group size %d",
              d.group_size);
-  FUZZ_CHECK(std::isfinite(d.scale), "non-finite scale launched");
-  // The cell serves the problem.
-  const int cell = fd::find_kernel_cell(p.dtype, p.head_dim);
+  FUZZ_CHECK(std::isfinite(a.scale), "non-finite scale launched");
+  // The cell serves the problem: its element types, a bucket that holds head_dim, its layout.
+  const int cell = fd::cell_of(pr);
   FUZZ_CHECK(cell >= 0, "launched without a cell");
   const fd::KernelCell& kc = fd::kernel_cell(cell);
-  FUZZ_CHECK(kc.dtype == p.dtype && kc.head_dim >= p.head_dim, "cell %s for D=%d", kc.name,
-             p.head_dim);
+  FUZZ_CHECK(std::strcmp(r.cell, "") != 0 && kc.kv_dtype == fd::kv_dtype_of(pr) &&
+                 (kc.q_dtype == 0 || kc.q_dtype == p.dtype) && kc.head_dim >= p.head_dim &&
+                 kc.paged == fd::is_paged(pr),
+             "cell %s for dtype %d kv %d D=%d paged %d", kc.name, p.dtype, fd::kv_dtype_of(pr),
+             p.head_dim, int(fd::is_paged(pr)));
+  FUZZ_CHECK(fdfuzz::g_device.cc >= kc.min_cc, "cell %s launched on sm_%d", kc.name,
+             fdfuzz::g_device.cc);
+  // Paged: the table's bounds hold every key the launch may visit.
+  if (fd::is_paged(pr))
+    FUZZ_CHECK(a.page_size >= 1 && a.page_size <= FD_MAX_PAGE_SIZE && a.num_pages >= 1 &&
+                   int64_t{a.max_pages} * a.page_size >= a.k_len && a.k_stride_b == 0 &&
+                   a.v_stride_b == 0,
+               "paged launch page %d, %d pages of a %d-entry table for k_len %d", a.page_size,
+               a.num_pages, a.max_pages, a.k_len);
+  // fp8: the scales the kernel multiplies by are finite and positive.
+  FUZZ_CHECK(std::isfinite(d.k_scale) && d.k_scale > 0.f && std::isfinite(d.v_scale) &&
+                 d.v_scale > 0.f,
+             "scales %g, %g launched", double(d.k_scale), double(d.v_scale));
   // Grid: x = B*Hkv (< 2^31), y = splits, z = head blocks (<= 65535); merge x = B*Hq.
-  FUZZ_CHECK(int64_t{d.batch_size} * d.num_kv_heads <= INT32_MAX, "grid x overflows");
-  FUZZ_CHECK(int64_t{d.batch_size} * d.num_heads <= INT32_MAX, "merge grid x overflows");
-  FUZZ_CHECK(r.head_blocks >= 1 && r.head_blocks <= 65535 &&
-                 int64_t{r.head_blocks} * fd::kMaxGroupPerCta >= d.group_size,
-             "head_blocks = %d for group %d", r.head_blocks, d.group_size);
+  FUZZ_CHECK(int64_t{a.batch_size} * a.num_kv_heads <= INT32_MAX, "grid x overflows");
+  FUZZ_CHECK(int64_t{a.batch_size} * a.num_heads <= INT32_MAX, "merge grid x overflows");
+  FUZZ_CHECK(s.head_blocks >= 1 && s.head_blocks <= 65535 &&
+                 int64_t{s.head_blocks} * fd::kMaxGroupPerCta >= d.group_size,
+             "head_blocks = %d for group %d", s.head_blocks, d.group_size);
   FUZZ_CHECK(d.num_splits >= 1 && d.num_splits <= 65535, "num_splits = %d", d.num_splits);
-  // The splits cover the keys, none of them empty.
-  if (d.k_len == 0) {
+  // The splits cover the keys, none of them empty, none longer than the accuracy bound.
+  if (a.k_len == 0) {
     FUZZ_CHECK(d.num_splits == 1, "k_len 0 with %d splits", d.num_splits);
   } else {
     FUZZ_CHECK(d.chunk_len >= 1, "chunk_len = %d", d.chunk_len);
     const int64_t cover = int64_t{d.num_splits} * d.chunk_len;
-    FUZZ_CHECK(cover >= d.k_len && cover - d.chunk_len < d.k_len,
-               "splits %d x chunk %d for k_len %d", d.num_splits, d.chunk_len, d.k_len);
+    FUZZ_CHECK(cover >= a.k_len && cover - d.chunk_len < a.k_len,
+               "splits %d x chunk %d for k_len %d", d.num_splits, d.chunk_len, a.k_len);
+    FUZZ_CHECK(fd::batch_invariant(pr) || d.chunk_len <= fd::kMaxChunkKeys,
+               "chunk of %d keys past the accuracy bound", d.chunk_len);
   }
   // The split count stays within what the workspace was sized for.
-  FUZZ_CHECK(d.num_splits <= fd::max_splits(p), "num_splits %d > max_splits %d", d.num_splits,
-             fd::max_splits(p));
-  const size_t sized = fd::workspace_bytes_needed(p);
-  const fd::WorkspaceLayout w = fd::workspace_layout(p, d.num_splits);
+  FUZZ_CHECK(d.num_splits <= fd::max_splits(pr), "num_splits %d > max_splits %d", d.num_splits,
+             fd::max_splits(pr));
+  const size_t sized = fd::workspace_bytes_needed(pr);
+  const fd::WorkspaceLayout w = fd::workspace_layout(pr, d.num_splits);
   FUZZ_CHECK(w.bytes <= sized, "launch layout %zu bytes > reported size %zu", w.bytes, sized);
   FUZZ_CHECK(sized <= p.workspace_bytes, "run accepted %zu workspace bytes for %zu needed",
              p.workspace_bytes, sized);
-  if (d.cluster_reduce) {
-    const int64_t units = int64_t{d.batch_size} * d.num_kv_heads * r.head_blocks;
-    FUZZ_CHECK(d.num_splits > 1 && d.num_splits <= 16 &&
-                   d.num_splits <= fdfuzz::g_device.max_cluster &&
-                   units <= fdfuzz::g_device.active_clusters && fdfuzz::g_device.cc >= 90 &&
-                   fdfuzz::g_device.clusters_enabled &&
-                   !d.write_partials && !fd::batch_invariant(p) && d.pad_smem_bytes == fd::kOneCtaPerSmSmem,
-               "cluster of %d (device max %d), write_partials %d", d.num_splits,
-               fdfuzz::g_device.max_cluster, d.write_partials);
-  }
-  if (d.num_splits > 1)
-    FUZZ_CHECK(d.cluster_reduce || d.write_partials, "%d splits but no reduction",
-               d.num_splits);
+  if (d.num_splits > 1) FUZZ_CHECK(d.write_partials, "%d splits but no merge", d.num_splits);
   // The pre-wait prefetch needs 16-byte aligned rows (bulk copies).
-  FUZZ_CHECK(d.prefetch_keys >= 0 && (r.vec || d.prefetch_keys == 0),
-             "prefetch of %d keys per CTA (vec %d)", d.prefetch_keys, int(r.vec));
+  FUZZ_CHECK(d.prefetch_keys >= 0 && (s.vec || d.prefetch_keys == 0),
+             "prefetch of %d keys per CTA (vec %d)", d.prefetch_keys, int(s.vec));
   // The evict-first copies and the 16-byte q loads are vectorised paths.
-  FUZZ_CHECK(!d.kv_evict_first || r.vec, "evict-first copies without vectorised loads");
+  FUZZ_CHECK(!d.kv_evict_first || s.vec, "evict-first copies without vectorised loads");
   FUZZ_CHECK(!d.q_vec || (p.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
                           p.q_stride_b % 8 == 0 && p.q_stride_h % 8 == 0),
              "16-byte q loads of head_dim %d, q %p, strides %lld, %lld", p.head_dim, p.q,
              static_cast<long long>(p.q_stride_b), static_cast<long long>(p.q_stride_h));
+  // The vectorised kernel runs only where the device holds it.
+  FUZZ_CHECK(!s.vec || fdfuzz::g_device.ctas_per_sm > 0, "vectorised kernel that cannot run");
   // Only a merge kernel releases the next grid early.
   FUZZ_CHECK(!d.merge_early_trigger || d.write_partials, "early trigger without a merge");
-  // Shared memory is padded only for a cluster (one CTA per SM), to thin out a
-  // vectorised grid of more CTAs than SMs, or to keep the next grid off the SMs
-  // of a one-wave split grid whose merge releases it early; never past what a
-  // CTA may have.
-  if (d.pad_smem_bytes > 0) {
-    const int64_t ctas = int64_t{d.batch_size} * d.num_kv_heads * r.head_blocks * d.num_splits;
+  // Shared memory is padded only to thin out a vectorised grid of more CTAs
+  // than SMs, or to keep the next grid off the SMs of a one-wave split grid
+  // whose merge releases it early; never past what a CTA may have.
+  if (s.pad_smem_bytes > 0) {
+    const int64_t ctas = int64_t{a.batch_size} * a.num_kv_heads * s.head_blocks * d.num_splits;
     const bool thinned = ctas > fdfuzz::g_device.num_sms;
-    const bool kept_apart = d.merge_early_trigger && d.pad_smem_bytes == fd::kOneCtaPerSmSmem;
-    FUZZ_CHECK(d.cluster_reduce || (r.vec && fdfuzz::g_device.ctas_per_sm > 1 && (thinned || kept_apart)),
-               "shared memory padded to %d for %lld CTAs on %d SMs (vec %d)", d.pad_smem_bytes,
-               (long long)ctas, fdfuzz::g_device.num_sms, int(r.vec));
-    FUZZ_CHECK(d.pad_smem_bytes <= fdfuzz::kFakeSmemPerBlock, "pad %d past the opt-in limit", d.pad_smem_bytes);
+    const bool kept_apart = d.merge_early_trigger && s.pad_smem_bytes == fd::kOneCtaPerSmSmem;
+    FUZZ_CHECK(s.vec && fdfuzz::g_device.ctas_per_sm > 1 && (thinned || kept_apart),
+               "shared memory padded to %d for %lld CTAs on %d SMs (vec %d)", s.pad_smem_bytes,
+               (long long)ctas, fdfuzz::g_device.num_sms, int(s.vec));
+    FUZZ_CHECK(s.pad_smem_bytes <= fdfuzz::kFakeSmemPerBlock, "pad %d past the opt-in limit",
+               s.pad_smem_bytes);
   }
-  // The wide split kernel: vectorised, one split, no reduction, no padding,
-  // never in batch-invariant mode, and only where the device can run it.
-  if (d.wide_cta)
-    FUZZ_CHECK(r.vec && d.num_splits == 1 && !d.cluster_reduce && !d.write_partials &&
-                   d.pad_smem_bytes == 0 && !fd::batch_invariant(p) &&
+  // The wide split kernel: vectorised, one split, no merge, no padding, never
+  // in batch-invariant mode, and only in cells that have it where the device
+  // can run it.
+  if (s.wide)
+    FUZZ_CHECK(s.vec && kc.wide && d.num_splits == 1 && !d.write_partials &&
+                   s.pad_smem_bytes == 0 && !fd::batch_invariant(pr) &&
                    fdfuzz::g_device.wide_ctas_per_sm > 0,
-               "wide kernel with vec %d, %d splits, pad %d", int(r.vec), d.num_splits,
-               d.pad_smem_bytes);
-  if (fd::batch_invariant(p) && d.k_len > 0)
-    FUZZ_CHECK(d.write_partials && !d.cluster_reduce, "batch-invariant run skips the merge");
+               "wide kernel with vec %d, %d splits, pad %d", int(s.vec), d.num_splits,
+               s.pad_smem_bytes);
+  if (fd::batch_invariant(pr) && a.k_len > 0)
+    FUZZ_CHECK(d.write_partials, "batch-invariant run skips the merge");
   if (d.write_partials) {
     FUZZ_CHECK(p.workspace != nullptr && w.bytes > 0, "partials without a workspace");
     // Inclusive last bytes: a workspace may end exactly at 2^64.
     const uint64_t ws = addr(p.workspace), last = ws + (w.bytes - 1);
     FUZZ_CHECK(last >= ws, "workspace [%p, +%zu) wraps the address space", p.workspace, w.bytes);
-    const uint64_t rows = uint64_t(d.batch_size) * uint64_t(d.num_heads) * uint64_t(d.num_splits);
+    const uint64_t rows = uint64_t(a.batch_size) * uint64_t(a.num_heads) * uint64_t(d.num_splits);
     const uint64_t o = addr(d.partial_o), l = addr(d.partial_lse);
     FUZZ_CHECK(o >= ws && o + (rows * uint64_t(kc.head_dim) * 4 - 1) < l &&
                    l + (rows * 4 - 1) <= last,
@@ -350,9 +381,22 @@ void check_launch(const fd::Problem& p, long launches_before) {
   }
 }
 
+// The one refusal a host-only check cannot predict: the current device is older
+// than the cell the problem runs on (fp8 needs sm_89).
+bool device_too_old(const fd::Problem& p, int run_status) {
+  const int cell = fd::cell_of(p);
+  return run_status == FD_STATUS_UNSUPPORTED && cell >= 0 &&
+         fdfuzz::g_device.cc < fd::kernel_cell(cell).min_cc &&
+         std::strstr(fd_last_error_message(), "compute capability") != nullptr;
+}
+
 void run_and_compare(const fd::Problem& p, int check_status_value, const char* check_msg,
                      int run_status, const char* what, long launches_before) {
   check_status(run_status, what);
+  if (check_status_value == FD_STATUS_SUCCESS && device_too_old(p, run_status)) {
+    FUZZ_CHECK(fdfuzz::g_launch.launches == launches_before, "a refused run launched");
+    return;
+  }
   FUZZ_CHECK(run_status == check_status_value, "%s returned %d, its check %d", what,
              run_status, check_status_value);
   FUZZ_CHECK(std::strcmp(fd_last_error_message(), check_msg) == 0,
@@ -478,13 +522,13 @@ void check_measured_decisions() {
     const int expect = c.cap <= 0   ? 0
                        : c.cap == 1 ? fd::kOneCtaPerSmSmem
                                     : fdfuzz::kFakeSmemPerSm / (c.cap + 1) - 1024 + 128;
-    const fd::DecodeParams dp = fd::make_decode_params(p, d);
-    FUZZ_CHECK(d.wide == (c.cap < 0) && dp.wide_cta == (c.cap < 0 ? 1 : 0),
+    const fd::LaunchShape s = fd::make_launch_shape(p, d);
+    FUZZ_CHECK(d.wide == (c.cap < 0) && s.wide == (c.cap < 0),
                "%d/%d D%d B%d K%d: wide kernel %d, expected %d", c.hq, c.hkv, c.d, c.b, c.k_len,
                d.wide ? 1 : 0, c.cap < 0 ? 1 : 0);
-    FUZZ_CHECK(d.vec && dp.pad_smem_bytes == expect,
+    FUZZ_CHECK(d.vec && s.pad_smem_bytes == expect,
                "%d/%d D%d B%d K%d with %d fitting: padded to %d bytes, expected %d (cap %d)",
-               c.hq, c.hkv, c.d, c.b, c.k_len, c.fit, dp.pad_smem_bytes, expect, c.cap);
+               c.hq, c.hkv, c.d, c.b, c.k_len, c.fit, s.pad_smem_bytes, expect, c.cap);
   }
   fdfuzz::g_device = saved;
 }
@@ -525,7 +569,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       save_msg();
       if (dtype != FD_DTYPE_F16 && dtype != FD_DTYPE_BF16) break;
       fd::Problem p = plain_problem(c);
-      p.dtype = dtype;
+      p.c.dtype = dtype;
       const long before = fdfuzz::g_launch.launches;
       auto run = dtype == FD_DTYPE_F16 ? fd_flash_decoding_f16_run : fd_flash_decoding_bf16_run;
       const int rs = run(c.q, c.k, c.v, c.y, c.workspace, c.workspace_bytes, c.batch_size,
@@ -552,9 +596,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         fd::Problem p;
         if (st == FD_STATUS_SUCCESS && pp != nullptr && problem_of(b, &p))
           FUZZ_CHECK(bytes == fd::workspace_bytes_needed(p), "size %zu", bytes);
-        if (st == FD_STATUS_SUCCESS && p.flags == 0) {
+        if (st == FD_STATUS_SUCCESS && p.c.flags == 0 && !fd::is_paged(p) &&
+            fd::kv_elem_bytes(p) == 2) {
           const size_t plain = fd_flash_decoding_workspace_size(
-              p.batch_size, p.num_heads, p.num_kv_heads, p.k_len, p.head_dim);
+              p.c.batch_size, p.c.num_heads, p.c.num_kv_heads, p.c.k_len, p.c.head_dim);
           FUZZ_CHECK(plain == bytes, "plain size %zu, params size %zu", plain, bytes);
         }
         break;
@@ -581,9 +626,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             FUZZ_CHECK(buf[i] == 0, "fd_decode_plan wrote byte %zu past struct_size %zu", i, room);
           std::memcpy(&plan, buf, sizeof(plan));
           if (room >= sizeof(plan))
-            FUZZ_CHECK(plan.num_splits >= 1 && plan.cluster_size >= 1 &&
-                           plan.cluster_size <= fdfuzz::g_device.max_cluster,
-                       "plan splits %d cluster %d", plan.num_splits, plan.cluster_size);
+            FUZZ_CHECK(plan.num_splits >= 1 && plan.cluster_size == 1 && plan.ctas >= 1 &&
+                           (plan.warps_per_cta == 4 || plan.warps_per_cta == 8),
+                       "plan splits %d cluster %d ctas %d warps %d", plan.num_splits,
+                       plan.cluster_size, plan.ctas, plan.warps_per_cta);
         }
         break;
       }
@@ -602,25 +648,32 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       run_and_compare(p, st, msg.data(), rs, "fd_decode", before);
-      if (st == FD_STATUS_SUCCESS) {
+      if (st == FD_STATUS_SUCCESS && rs == FD_STATUS_SUCCESS) {
         // The plan for the same call matches what was launched.
-        const fd::DecodeParams d = fdfuzz::g_launch.params;
+        const fd::LaunchParams d = fdfuzz::g_launch.args.launch;
+        const fd::LaunchShape sh = fdfuzz::g_launch.shape;
         fd_launch_plan plan{};
         plan.struct_size = sizeof(plan);
         const int ps = fd_decode_plan(pp, &plan);
         check_status(ps, "fd_decode_plan");
         FUZZ_CHECK(ps == FD_STATUS_SUCCESS, "run launched but plan refused");
         FUZZ_CHECK(plan.num_splits == d.num_splits && plan.chunk_len == d.chunk_len &&
-                       (plan.cluster_size > 1) == (d.cluster_reduce != 0) &&
-                       plan.merge_kernel == d.write_partials,
-                   "plan (%d splits, chunk %d, cluster %d, merge %d) vs launch (%d, %d, %d, %d)",
-                   plan.num_splits, plan.chunk_len, plan.cluster_size, plan.merge_kernel,
-                   d.num_splits, d.chunk_len, d.cluster_reduce, d.write_partials);
+                       plan.merge_kernel == d.write_partials &&
+                       plan.vectorized == (sh.vec ? 1 : 0) &&
+                       plan.warps_per_cta == (sh.wide ? 8 : 4),
+                   "plan (%d splits, chunk %d, merge %d, vec %d) vs launch (%d, %d, %d, %d)",
+                   plan.num_splits, plan.chunk_len, plan.merge_kernel, plan.vectorized,
+                   d.num_splits, d.chunk_len, d.write_partials, int(sh.vec));
+        // The cell the host-only query names is the one launched.
+        int32_t cell_index = -1;
+        FUZZ_CHECK(fd_decode_cell(pp, &cell_index) == FD_STATUS_SUCCESS &&
+                       cell_index == plan.cell_index,
+                   "fd_decode_cell %d vs plan cell %d", cell_index, plan.cell_index);
         // And the workspace size query agrees with what the run accepted.
         size_t bytes = 0;
         FUZZ_CHECK(fd_decode_workspace_size(pp, &bytes) == FD_STATUS_SUCCESS &&
-                       bytes <= p.workspace_bytes,
-                   "workspace size %zu > accepted %zu", bytes, p.workspace_bytes);
+                       bytes <= p.c.workspace_bytes,
+                   "workspace size %zu > accepted %zu", bytes, p.c.workspace_bytes);
       }
       break;
     }
@@ -634,6 +687,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         FUZZ_CHECK(fd_kernel_cell_get(index, &cell) == FD_STATUS_SUCCESS, "get found cell");
         FUZZ_CHECK(cell.dtype == c.dtype && cell.head_dim >= c.head_dim && cell.name != nullptr,
                    "cell %d for dtype %d D %d", index, c.dtype, c.head_dim);
+        fd_kernel_cell_info info;
+        std::memset(&info, 0, sizeof(info));
+        info.struct_size = sizeof(info);
+        FUZZ_CHECK(fd_kernel_cell_info_get(index, &info) == FD_STATUS_SUCCESS && info.paged == 0 &&
+                       info.head_dim == cell.head_dim && info.kv_dtype == c.dtype,
+                   "info of cell %d", index);
       } else {
         FUZZ_CHECK(index == -7, "find wrote *index on failure");
       }
@@ -652,6 +711,51 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       FUZZ_CHECK(fd_compiled_architectures() != nullptr, "architectures");
       FUZZ_CHECK(fd_kernel_cell_count() > 0, "cell count");
       check_sizes(c);
+      break;
+    }
+    case kMerge: {
+      // The merge's params from the same raw fields: states = q, lse = k, y = y,
+      // lse_out = lse, num_states = the raw index.
+      fd_merge_params mp;
+      std::memset(&mp, 0, sizeof(mp));
+      mp.struct_size = (in.ptr_mode & kStructSizeExact) ? sizeof(mp) : static_cast<size_t>(in.struct_size);
+      if (mp.struct_size > sizeof(mp)) mp.struct_size = sizeof(mp) + 8;  // a newer caller's
+      mp.dtype = c.dtype;
+      mp.num_states = in.raw_index;
+      mp.batch_size = c.batch_size;
+      mp.num_heads = c.num_heads;
+      mp.head_dim = c.head_dim;
+      mp.states = c.q;
+      mp.state_stride_n = c.k_stride_b;
+      mp.state_stride_b = c.q_stride_b;
+      mp.state_stride_h = c.q_stride_h;
+      mp.lse = static_cast<const float*>(c.k);
+      mp.lse_stride_n = c.v_stride_b;
+      mp.lse_stride_b = c.v_stride_h;
+      mp.lse_stride_h = c.v_stride_k;
+      mp.y = c.y;
+      mp.y_stride_b = c.y_stride_b;
+      mp.y_stride_h = c.y_stride_h;
+      mp.lse_out = c.lse;
+      mp.lse_out_stride_b = c.lse_stride_b;
+      mp.lse_out_stride_h = c.lse_stride_h;
+      mp.stream = c.stream;
+      // A newer caller's struct: exactly struct_size bytes, the tail zero.
+      std::vector<unsigned char> buf(mp.struct_size < sizeof(mp) ? sizeof(mp) : mp.struct_size, 0);
+      std::memcpy(buf.data(), &mp, sizeof(mp));
+      const fd_merge_params* mpp =
+          null_out ? nullptr : reinterpret_cast<const fd_merge_params*>(buf.data());
+      const int st = fd_merge_states_check(mpp);
+      check_status(st, "fd_merge_states_check");
+      save_msg();
+      const long before = fdfuzz::g_launch.merges;
+      const int rs = fd_merge_states(mpp);
+      check_status(rs, "fd_merge_states");
+      FUZZ_CHECK(rs == st && std::strcmp(fd_last_error_message(), msg.data()) == 0,
+                 "merge check %d \"%s\" vs run %d \"%s\"", st, msg.data(), rs,
+                 fd_last_error_message());
+      FUZZ_CHECK(fdfuzz::g_launch.merges == before + (rs == FD_STATUS_SUCCESS ? 1 : 0),
+                 "merge launches %ld for status %d", fdfuzz::g_launch.merges - before, rs);
       break;
     }
     default:

@@ -1,65 +1,99 @@
 """Do two builds of the library give the same bits? For a change meant to keep
-the arithmetic (a faster epilogue, a new launch policy that keeps the split):
-runs the same cases through each library in its own process and compares y
-and lse bit for bit.
+the arithmetic (a restructured kernel, a new launch policy that keeps the
+split): runs the same cases through each library in its own process and
+compares y and lse bit for bit.
 
     python3 tests/gpu/compare_builds.py OLD/libflashdecoding.so NEW/libflashdecoding.so
-"""
+
+The cases are the correctness grid's contiguous cases (tests/gpu/grid_check.py,
+quick size) plus every extension an older library also has (LSE, per-sequence
+lengths, window, sink logits, ALiBi, soft-cap, batch invariance), so an older
+library (whose fd_decode_params ends before the 0.2 fields) runs them too: the
+params are passed with the struct_size that library was built with."""
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 import tempfile
 
-# B, Hq, Hkv, K, D, extras: split and unsplit, GQA/MHA/MQA, odd head_dim (scalar
-# path), sinks + lse, and a large batch.
-CASES = [(1, 32, 8, 8192, 128, ""), (1, 32, 8, 512, 128, ""), (3, 8, 8, 1000, 72, ""),
-         (2, 16, 1, 4097, 64, ""), (4, 12, 4, 33, 7, ""), (64, 32, 8, 256, 128, ""),
-         (32, 16, 16, 1024, 64, ""), (2, 32, 8, 3000, 128, "sinks"), (1, 64, 8, 20000, 96, "")]
+SIZE_0_1 = 264  # sizeof(fd_decode_params) up to v_scale (0.1 callers)
+
+
+def cases():
+    out = []
+    for B, (Hq, Hkv), K, D, dtype, strided in itertools.product(
+            [1, 3], [(1, 1), (8, 8), (32, 8), (28, 4), (8, 1)], [0, 1, 257, 4096],
+            [7, 72, 128], ["f16", "bf16"], [False, True]):
+        out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype=dtype, strided=strided, ext={}))
+    for B, Hq, Hkv, K, D in [(1, 32, 8, 8192, 128), (1, 32, 8, 512, 128), (64, 32, 8, 256, 128),
+                             (32, 16, 16, 1024, 64), (1, 64, 8, 20000, 96), (2, 16, 1, 4097, 64),
+                             (16, 32, 8, 4096, 128), (4, 32, 32, 4096, 128)]:
+        out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype="bf16", strided=False, ext={}))
+    exts = [dict(sinks=1), dict(seq_lens=1), dict(window=300), dict(alibi=1), dict(cap=30.0),
+            dict(bi=1), dict(seq_lens=1, window=257, sinks=1, alibi=1, cap=20.0, bi=1)]
+    for ext, (B, Hq, Hkv, K, D) in itertools.product(exts, [(3, 32, 8, 9000, 128), (2, 8, 8, 700, 80)]):
+        out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype="bf16", strided=False, ext=ext))
+    return out
 
 
 def run_cases(out_dir: str) -> None:
     import numpy as np
     import torch
 
-    import ctypes
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fdparams as F
 
-    import flashdecoding as fd
-    from flashdecoding import _capi, _native
-
-    lib = _native.lib()
-    for i, (b, hq, hkv, k_len, d, extra) in enumerate(CASES):
+    dt = {"f16": (torch.float16, F.F16), "bf16": (torch.bfloat16, F.BF16)}
+    for i, c in enumerate(cases()):
         g = torch.Generator(device="cuda").manual_seed(1234 + i)
-        q = torch.randn(b, hq, d, generator=g, device="cuda").to(torch.bfloat16)
-        k = torch.randn(b, hkv, k_len, d, generator=g, device="cuda").to(torch.bfloat16)
-        v = torch.randn(b, hkv, k_len, d, generator=g, device="cuda").to(torch.bfloat16)
-        y = torch.full((b, hq, d), float("nan"), device="cuda", dtype=torch.bfloat16)
-        lse = torch.full((b, hq), float("nan"), device="cuda", dtype=torch.float32)
-        sinks = torch.randn(hq, generator=g, device="cuda") if extra == "sinks" else None
-        p = _capi.FdDecodeParams()
-        p.struct_size = ctypes.sizeof(p)
-        p.dtype = int(fd.ElementKind.BF16)
-        p.q, p.k, p.v, p.y = q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr()
-        p.batch_size, p.num_heads, p.num_kv_heads, p.k_len, p.head_dim = b, hq, hkv, k_len, d
-        p.q_stride_b, p.q_stride_h = hq * d, d
-        p.k_stride_b = p.v_stride_b = hkv * k_len * d
-        p.k_stride_h = p.v_stride_h = k_len * d
-        p.k_stride_k = p.v_stride_k = d
-        p.y_stride_b, p.y_stride_h = hq * d, d
-        p.scale = d ** -0.5
-        f32p = ctypes.POINTER(ctypes.c_float)
-        p.lse, p.lse_stride_b, p.lse_stride_h = ctypes.cast(lse.data_ptr(), f32p), hq, 1
-        if sinks is not None:
-            p.sinks = ctypes.cast(sinks.data_ptr(), f32p)
-        need = ctypes.c_size_t(0)
-        assert lib.fd_decode_workspace_size(ctypes.byref(p), ctypes.byref(need)) == 0
-        ws = torch.empty(max(need.value, 1), dtype=torch.uint8, device="cuda")
-        p.workspace, p.workspace_bytes = ws.data_ptr(), need.value
-        st = lib.fd_decode(ctypes.byref(p))
-        assert st == 0, (CASES[i], st, _native.last_error_message())
+        tdt, code = dt[c["dtype"]]
+        B, Hq, Hkv, K, D = c["B"], c["Hq"], c["Hkv"], c["K"], c["D"]
+
+        def rnd(*shape):
+            return torch.randn(*shape, generator=g, device="cuda").to(tdt)
+
+        if c["strided"]:
+            q = rnd(B, Hq, D + 3)[:, :, :D]
+            k = rnd(B, K, Hkv, D).permute(0, 2, 1, 3)
+            v = rnd(B, Hkv, K + 5, D + 8)[:, :, 2:K + 2, :D]
+            y = torch.full((B, Hq + 2, D + 1), float("nan"), device="cuda", dtype=tdt)[:, 1:Hq + 1, :D]
+        else:
+            q, k, v = rnd(B, Hq, D), rnd(B, Hkv, K, D), rnd(B, Hkv, K, D)
+            y = torch.full((B, Hq, D), float("nan"), device="cuda", dtype=tdt)
+        lse = torch.full((B, Hq), float("nan"), device="cuda", dtype=torch.float32)
+        p = F.new_params(dtype=code, q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(),
+                         y=y.data_ptr(), batch_size=B, num_heads=Hq, num_kv_heads=Hkv, k_len=K,
+                         head_dim=D, scale=D ** -0.5,
+                         q_stride_b=q.stride(0), q_stride_h=q.stride(1),
+                         k_stride_b=k.stride(0), k_stride_h=k.stride(1), k_stride_k=k.stride(2),
+                         v_stride_b=v.stride(0), v_stride_h=v.stride(1), v_stride_k=v.stride(2),
+                         y_stride_b=y.stride(0), y_stride_h=y.stride(1),
+                         lse=lse.data_ptr(), lse_stride_b=Hq, lse_stride_h=1)
+        p.struct_size = SIZE_0_1
+        keep = []
+        e = c["ext"]
+        if e.get("sinks"):
+            keep.append(torch.randn(Hq, generator=g, device="cuda"))
+            p.sinks = keep[-1].data_ptr()
+        if e.get("alibi"):
+            keep.append(torch.rand(Hq, generator=g, device="cuda") * 0.1)
+            p.alibi_slopes = keep[-1].data_ptr()
+        if e.get("seq_lens"):
+            keep.append(torch.randint(0, K + 1, (B,), generator=g, device="cuda", dtype=torch.int32))
+            p.seq_lens = keep[-1].data_ptr()
+        p.window_size = e.get("window", 0)
+        p.logits_soft_cap = e.get("cap", 0.0)
+        p.flags = F.FLAG_BATCH_INVARIANT if e.get("bi") else 0
+        st, need = F.workspace_size(p)
+        assert st == 0, (c, F.last_error())
+        ws = torch.empty(max(need, 16), dtype=torch.uint8, device="cuda")
+        p.workspace, p.workspace_bytes = ws.data_ptr(), need
+        st, msg = F.decode(p)
+        assert st == 0, (c, st, msg)
         torch.cuda.synchronize()
-        np.save(os.path.join(out_dir, f"y{i}.npy"), y.view(torch.int16).cpu().numpy())
+        np.save(os.path.join(out_dir, f"y{i}.npy"), y.contiguous().view(torch.int16).cpu().numpy())
         np.save(os.path.join(out_dir, f"lse{i}.npy"), lse.view(torch.int32).cpu().numpy())
 
 
@@ -77,14 +111,17 @@ def main() -> int:
         subprocess.run([sys.executable, __file__, "--run", d], env=env, check=True)
         dirs.append(d)
     bad = 0
-    for i, case in enumerate(CASES):
+    all_cases = cases()
+    for i, case in enumerate(all_cases):
         for name in ("y", "lse"):
             a = np.load(os.path.join(dirs[0], f"{name}{i}.npy"))
             b = np.load(os.path.join(dirs[1], f"{name}{i}.npy"))
-            same = np.array_equal(a, b)
-            bad += not same
-            print(f"{str(case):40s} {name:4s} {'same bits' if same else 'DIFFERENT'}")
-    print("compare_builds:", "OK" if bad == 0 else f"{bad} outputs differ")
+            if not np.array_equal(a, b):
+                bad += 1
+                if bad <= 20:
+                    print(f"DIFFERENT {name}: {case}")
+    print(f"compare_builds: {len(all_cases)} cases, y and lse each: "
+          + ("OK, same bits" if bad == 0 else f"{bad} outputs differ"))
     return 1 if bad else 0
 
 

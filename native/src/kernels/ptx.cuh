@@ -1,6 +1,7 @@
 // Thin wrappers over the PTX the decode kernels use: asynchronous 16-byte copies
 // global -> shared, ldmatrix, m16n8k16 tensor-core mma with f32 accumulators,
-// and grid-dependency control for programmatic dependent launch.
+// fp8 -> f16 conversion, and grid-dependency control for programmatic
+// dependent launch.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,9 +18,8 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 // 16 bytes global -> shared, bypassing L1 (the KV cache is read once).
 // src_bytes == 0 zero-fills the destination without reading src.
 // PREFETCH (0, 128 or 256) adds an L2 prefetch-size hint, so that one miss
-// fetches a longer DRAM burst; FD_L2_PREFETCH overrides every call's choice
-// (a measurement knob of scripts/tune.sh). HINT: the copy carries the L2
-// eviction policy `policy` (make_evict_first_policy).
+// fetches a longer DRAM burst. HINT: the copy carries the L2 eviction policy
+// `policy` (make_evict_first_policy).
 #define FD_CP_ASYNC_16(QUALIFIERS)                                                         \
   asm volatile("cp.async.cg.shared.global" QUALIFIERS " [%0], [%1], 16, %2;\n" ::"r"(dst), \
                "l"(gmem), "r"(src_bytes))
@@ -30,11 +30,7 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 template <int PREFETCH, bool HINT = false>
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes,
                                             uint64_t policy = 0) {
-#ifdef FD_L2_PREFETCH
-  constexpr int kPrefetch = FD_L2_PREFETCH;
-#else
   constexpr int kPrefetch = PREFETCH;
-#endif
   const uint32_t dst = smem_addr(smem);
   if constexpr (HINT) {
     if constexpr (kPrefetch == 256) FD_CP_ASYNC_16_HINT(".L2::256B");
@@ -149,50 +145,6 @@ __device__ __forceinline__ P* pin(P* v) {
   return reinterpret_cast<P*>(u);
 }
 
-// Thread block cluster barrier (sm_90+; the host asks for clusters only
-// there), split into its arrive and wait halves: arrive releases this
-// thread's prior writes (the relaxed form does not) and wait acquires the
-// other threads' (the PTX defaults). Then stores into the shared memory of
-// another CTA of the cluster.
-__device__ __forceinline__ void cluster_arrive_relaxed() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cluster_arrive() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cluster_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
-#endif
-}
-// The shared::cluster address of `local` (an address in this CTA's shared
-// memory) in the CTA of cluster rank `rank`.
-__device__ __forceinline__ uint32_t cluster_map(const void* local, int rank) {
-  uint32_t remote = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
-               : "=r"(remote)
-               : "r"(smem_addr(local)), "r"(rank));
-#endif
-  return remote;
-}
-__device__ __forceinline__ void st_cluster_f4(uint32_t addr, float4 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(v.x),
-               "f"(v.y), "f"(v.z), "f"(v.w)
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void st_cluster_f(uint32_t addr, float v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
-#endif
-}
-
 // Asks L2 to fetch [src, src + bytes) from HBM (sm_90+; src 16-byte aligned,
 // bytes a multiple of 16). A hint: it returns nothing to the thread, and L2 is
 // the GPU's point of coherence, so it may be issued before
@@ -218,6 +170,31 @@ __device__ __forceinline__ void launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
+}
+
+// Two fp8 values (the low and high byte of `pair`) as an f16x2, low value in
+// the low half. Exact: every e4m3 and e5m2 value is an f16 value. sm_89+.
+template <bool E5M2>
+__device__ __forceinline__ uint32_t fp8x2_to_f16x2(uint32_t pair) {
+  uint32_t out = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  const uint16_t in = static_cast<uint16_t>(pair);
+  if constexpr (E5M2)
+    asm("cvt.rn.f16x2.e5m2x2 %0, %1;\n" : "=r"(out) : "h"(in));
+  else
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(out) : "h"(in));
+#else
+  (void)pair;
+  __trap();  // fp8 cells are compiled for sm_89 and newer only
+#endif
+  return out;
+}
+
+// Byte permute: result byte i is byte (sel >> 4i) & 7 of the pair {b:a}.
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
 }
 
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }

@@ -1,0 +1,17 @@
+// The shape of a decode CTA, shared by the kernels and the host planner: how
+// many keys a warp takes per step, how many warps a CTA has, how many query
+// heads share one CTA. Plain constants, no CUDA types.
+#pragma once
+
+#include <cstdint>
+
+namespace fd {
+
+constexpr int kTileKeys = 16;        // keys one warp takes per step (one mma k-tile)
+constexpr int kWarpsPerCta = 4;      // warps of the split kernel
+constexpr int kWideWarpsPerCta = 8;  // warps of the wide split kernel (unsplit grids)
+constexpr int kMaxGroupPerCta = 16;  // query rows of one mma tile
+// A split gives every warp of a CTA at least one tile.
+constexpr int kMinChunk = kTileKeys * kWarpsPerCta;
+
+}  // namespace fd

@@ -1,0 +1,80 @@
+// The decode kernel, composed from its parts: one CTA per (batch, KV head,
+// block of <= 16 query heads of its group, K chunk).
+//
+//   traits.cuh      CTA shape, tile layout, shared memory
+//   kv_source.cuh   where key j lives (contiguous strided, or paged)
+//   kv_element.cuh  how a stored element becomes an mma operand (16-bit, fp8)
+//   score_mods.cuh  attended keys (window, sink tokens), soft-cap, ALiBi, sinks
+//   mainloop.cuh    the tile stream and the online softmax
+//   epilogue.cuh    the warps' combine; y or partials for the merge
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../kernel_params.h"
+#include "epilogue.cuh"
+#include "kv_element.cuh"
+#include "kv_source.cuh"
+#include "mainloop.cuh"
+#include "ptx.cuh"
+#include "score_mods.cuh"
+#include "tile_copy.cuh"
+#include "traits.cuh"
+
+namespace fd {
+
+template <class Elem, int DPAD, class Source, bool VEC, int STAGES, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) decode_kernel(const DecodeArgs a) {
+  using Tr = KernelTraits<DPAD, Elem::kKvBytes, WARPS, STAGES>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const fd_decode_params& c = a.call;
+  const LaunchParams& lp = a.launch;
+
+  CtaRows cr;
+  cr.warp = threadIdx.x >> 5;
+  cr.lane = threadIdx.x & 31;
+  cr.gid = cr.lane >> 2;  // mma fragment row group
+  cr.tid = cr.lane & 3;   // mma fragment column pair
+  const int num_kv_heads = c.num_kv_heads;
+  cr.b = blockIdx.x / num_kv_heads;
+  const int kvh = blockIdx.x - cr.b * num_kv_heads;
+  const int split = blockIdx.y;
+  const int group = lp.group_size;
+  cr.hq0 = kvh * group + blockIdx.z * kMaxGroupPerCta;
+  cr.nh = min(kMaxGroupPerCta, group - static_cast<int>(blockIdx.z) * kMaxGroupPerCta);
+
+  // Parameters used right after the wait or on every tile are read before it
+  // (ptx::pin), so their constant cache misses overlap the wait.
+  const int32_t* seq_lens = ptx::pin(c.seq_lens);
+  const int k_len = ptx::pin(c.k_len), window_size = ptx::pin(c.window_size);
+  const int sink_tokens = ptx::pin(c.sink_tokens);
+  const int chunk_len = ptx::pin(lp.chunk_len);
+  Source src;
+  src.template init<Elem::kKvBytes>(c, cr.b, kvh);
+  typename Elem::State st = Elem::state(c, lp, kvh);
+  const bool logit_mods = ptx::pin(lp.has_logit_mods) != 0;
+  const bool write_partials = ptx::pin(lp.write_partials) != 0;
+  const int num_splits = ptx::pin(lp.num_splits), num_heads = ptx::pin(c.num_heads);
+  float* partial_o = ptx::pin(lp.partial_o);
+  float* partial_lse = ptx::pin(lp.partial_lse);
+  if constexpr (VEC)
+    prefetch_first_rows<Tr>(c, lp, src, split, chunk_len, seq_lens != nullptr);
+  // Inputs may be produced by the previous kernel in the stream (PDL); the
+  // merge may be scheduled as soon as every CTA of this grid is running.
+  ptx::grid_dependency_wait();
+  ptx::launch_dependents();
+  Elem::head_scales(st, c, lp, kvh);  // device data: after the wait
+
+  cr.seq_len = k_len;
+  if (seq_lens != nullptr) cr.seq_len = src.length(seq_lens[cr.b], k_len);
+  const KeySpan span(cr.seq_len, window_size, sink_tokens, split * chunk_len, chunk_len);
+
+  RowState<DPAD / 8> rs;
+  run_mainloop<Elem, Tr, VEC>(rs, smem, src, st, c, lp, span, cr, logit_mods);
+  run_epilogue<Elem, Tr>(rs, smem, src, st, c, lp, cr, split, num_splits, num_heads,
+                         write_partials, partial_o, partial_lse);
+}
+
+}  // namespace fd

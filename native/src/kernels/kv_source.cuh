@@ -1,0 +1,163 @@
+// KV sources: where key j of (sequence b, KV head h) lives. A source hands the
+// tile copies a byte address for each row of the 16-key tile being loaded.
+//
+//   ContiguousKv  k + b*k_stride_b + h*k_stride_h + j*k_stride_k (any strides)
+//   PagedKv       a page pool and a block table: page = table[b][j / page_size],
+//                 row j % page_size of that page
+//
+// Both present the same interface to the mainloop:
+//   length(raw)            a sequence's length from seq_lens[b] (device data)
+//   fetch(key0, end, lane) start looking up the rows of the next tile to load
+//   take(key0, end, lane)  that tile becomes the current one
+//   row(c, r, &k, &v)      addresses of row r of the current tile; false past
+//                          the tile's end
+//   prefetch(...)          L2 prefetch of a CTA's first rows before the PDL wait
+//   bad                    a page id or a length outside what the caller
+//                          described was seen: the CTA's rows become NaN
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../kernel_params.h"
+#include "../kv_layouts.h"
+#include "ptx.cuh"
+
+namespace fd {
+
+struct ContiguousKv {
+  static constexpr bool kPaged = false;
+  const unsigned char* k;  // this (sequence, KV head)'s first row
+  const unsigned char* v;
+  int key0 = 0, end = 0;   // the current tile
+  bool bad = false;        // never: contiguous lengths are clamped
+
+  template <int KV_BYTES>
+  __device__ __forceinline__ void init(const fd_decode_params& c, int b, int kvh) {
+    k = ptx::pin(static_cast<const unsigned char*>(c.k) +
+                 (b * c.k_stride_b + kvh * c.k_stride_h) * KV_BYTES);
+    v = ptx::pin(static_cast<const unsigned char*>(c.v) +
+                 (b * c.v_stride_b + kvh * c.v_stride_h) * KV_BYTES);
+  }
+  // Contiguous lengths are clamped into [0, k_len] (the header's contract).
+  __device__ __forceinline__ int length(int raw, int k_len) { return min(max(raw, 0), k_len); }
+
+  // Nothing to look up ahead: a row's address is arithmetic.
+  __device__ __forceinline__ void fetch(int, int, int) {}
+  __device__ __forceinline__ void take(int key0_, int end_, int) {
+    key0 = key0_;
+    end = end_;
+  }
+  // The row strides are read from the kernel parameters where they are used.
+  template <int KV_BYTES>
+  __device__ __forceinline__ bool row(const fd_decode_params& c, int r, const unsigned char** kp,
+                                      const unsigned char** vp) const {
+    const int key = key0 + r;
+    *kp = k + key * c.k_stride_k * KV_BYTES;
+    *vp = v + key * c.v_stride_k * KV_BYTES;
+    return key < end;
+  }
+  // Row pointers of key `key` for the pre-wait prefetch (always inside k and v).
+  template <int KV_BYTES>
+  __device__ __forceinline__ bool prefetch_row(const fd_decode_params& c, int key,
+                                               const unsigned char** kp,
+                                               const unsigned char** vp) const {
+    *kp = k + key * c.k_stride_k * KV_BYTES;
+    *vp = v + key * c.v_stride_k * KV_BYTES;
+    return true;
+  }
+};
+
+struct PagedKv {
+  static constexpr bool kPaged = true;
+  const unsigned char* k;  // pool base + this KV head's offset
+  const unsigned char* v;
+  int64_t k_page, v_page;  // bytes between pages
+  int64_t k_row, v_row;    // bytes between rows of a page
+  const int32_t* table;    // this sequence's block-table row
+  int page_size, num_pages;
+  // Lane l < 16 looks up key key0 + l of a tile: its page id and in-page row.
+  int page = 0, slot = 0, key0 = 0, end = 0;
+  int next_page = 0, next_slot = 0, next_key0 = 0, next_end = 0;
+  bool bad = false;
+
+  template <int KV_BYTES>
+  __device__ __forceinline__ void init(const fd_decode_params& c, int b, int kvh) {
+    k = ptx::pin(static_cast<const unsigned char*>(c.k) + kvh * c.k_stride_h * KV_BYTES);
+    v = ptx::pin(static_cast<const unsigned char*>(c.v) + kvh * c.v_stride_h * KV_BYTES);
+    k_page = c.k_stride_page * KV_BYTES;
+    v_page = c.v_stride_page * KV_BYTES;
+    k_row = c.k_stride_k * KV_BYTES;
+    v_row = c.v_stride_k * KV_BYTES;
+    table = ptx::pin(c.block_table + b * c.block_table_stride_b);
+    page_size = ptx::pin(c.page_size);
+    num_pages = ptx::pin(c.num_pages);
+  }
+  // A length outside [0, k_len] (k_len <= max_pages * page_size, checked on
+  // the host) would index past the block table: the sequence reads nothing
+  // and its rows become NaN.
+  __device__ __forceinline__ int length(int raw, int k_len) {
+    if (raw < 0 || raw > k_len) {
+      bad = true;
+      return 0;
+    }
+    return raw;
+  }
+
+  // Issues the block-table load of lane (l & 15)'s key of the tile at key0_;
+  // its result is first used by take() + row() one tile later, so the load's
+  // latency hides behind a tile of compute.
+  __device__ __forceinline__ void fetch(int key0_, int end_, int lane) {
+    next_key0 = key0_;
+    next_end = end_;
+    const int key = key0_ + (lane & 15);
+    next_page = -1;
+    next_slot = 0;
+    if (key < end_) {
+      const int i = key / page_size;
+      next_slot = key - i * page_size;
+      next_page = table[i];
+    }
+  }
+  // The tile fetched last (key0_, end_ are the same values) becomes current.
+  __device__ __forceinline__ void take(int, int, int lane) {
+    key0 = next_key0;
+    end = next_end;
+    page = next_page;
+    slot = next_slot;
+    // A page id outside the pool among the keys the sequence needs.
+    if (key0 + (lane & 15) < end &&
+        (page < 0 || page >= num_pages))
+      bad = true;
+  }
+  // Every lane of the warp must call row() together (it shuffles).
+  template <int KV_BYTES>
+  __device__ __forceinline__ bool row(const fd_decode_params&, int r, const unsigned char** kp,
+                                      const unsigned char** vp) const {
+    const int pg = __shfl_sync(0xffffffffu, page, r);
+    const int sl = __shfl_sync(0xffffffffu, slot, r);
+    const bool ok = key0 + r < end && pg >= 0 && pg < num_pages;
+    const int64_t pgs = ok ? pg : 0;
+    *kp = k + pgs * k_page + sl * k_row;
+    *vp = v + pgs * v_page + sl * v_row;
+    return ok;
+  }
+  // The pre-wait prefetch reads the block table before the previous grid has
+  // finished (it may still be writing it): a stale id only costs a wasted
+  // prefetch, and an id outside the pool is not prefetched.
+  template <int KV_BYTES>
+  __device__ __forceinline__ bool prefetch_row(const fd_decode_params&, int key,
+                                               const unsigned char** kp,
+                                               const unsigned char** vp) const {
+    const int i = key / page_size;
+    const int pg = table[i];
+    if (pg < 0 || pg >= num_pages) return false;
+    const int sl = key - i * page_size;
+    *kp = k + static_cast<int64_t>(pg) * k_page + sl * k_row;
+    *vp = v + static_cast<int64_t>(pg) * v_page + sl * v_row;
+    return true;
+  }
+};
+
+}  // namespace fd

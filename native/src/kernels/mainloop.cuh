@@ -1,0 +1,195 @@
+// The mainloop of a decode CTA: each warp streams its 16-key tiles of K and V
+// (dealt round robin: tile t = warp + j * WARPS) through its own cp.async ring
+// in shared memory, computes S = Q K^T and O += P V on the tensor cores, and
+// keeps an online softmax state per query row. The query rows of the CTA (up to
+// 16 heads of one KV head's group) are the 16 rows of the mma's A, so each K/V
+// element is read from HBM once for the whole group.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../kernel_params.h"
+#include "kv_element.cuh"
+#include "ptx.cuh"
+#include "score_mods.cuh"
+#include "tile_copy.cuh"
+#include "traits.cuh"
+
+namespace fd {
+
+// One warp's softmax state: rows gid (r = 0) and gid + 8 (r = 1), log2 units.
+template <int NT>
+struct RowState {
+  float m[2] = {-INFINITY, -INFINITY};  // running max
+  float l[2] = {0.f, 0.f};              // this lane's part of the running sums
+  float o[NT][4];                        // unnormalised outputs (C fragments)
+  __device__ __forceinline__ RowState() {
+#pragma unroll
+    for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  }
+};
+
+// What the mainloop needs to know of the CTA beyond the parts' own state.
+struct CtaRows {
+  int b, hq0, nh, seq_len;
+  int gid, tid, lane, warp;
+};
+
+// Scores of one tile in log2 units, keys past the tile's interval masked.
+template <class Elem>
+__device__ __forceinline__ void tile_scores(float (&s)[2][4], const typename Elem::State& st,
+                                            const fd_decode_params& c, bool logit_mods,
+                                            const CtaRows& cr, int key0, int key_end) {
+#pragma unroll
+  for (int n = 0; n < 2; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + n * 8 + cr.tid * 2 + (e & 1);
+      float x;
+      if (!logit_mods) {
+        x = Elem::log2_score(st, s[n][e], e >> 1);
+      } else {
+        x = modified_logit(Elem::logit(st, s[n][e], e >> 1), c, cr.gid + (e >> 1) * 8, cr.nh,
+                           cr.hq0, key, cr.seq_len) *
+            kLog2e;
+      }
+      s[n][e] = key < key_end ? x : -INFINITY;
+    }
+}
+
+// Online softmax over one tile's scores (rows gid: e = 0, 1 and gid + 8: e = 2,
+// 3): s becomes the tile's weights, the state is rescaled to the new max.
+template <int NT>
+__device__ __forceinline__ void online_softmax(float (&s)[2][4], RowState<NT>& rs) {
+  float mx[2] = {fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])),
+                 fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))};
+  float alpha[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    const float m_new = fmaxf(rs.m[r], mx[r]);
+    const float base = m_new == -INFINITY ? 0.f : m_new;  // no keys yet: keep 0 * finite
+    alpha[r] = exp2f(rs.m[r] - base);
+    rs.m[r] = m_new;
+    mx[r] = base;
+  }
+#pragma unroll
+  for (int n = 0; n < 2; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[n][e] = exp2f(s[n][e] - mx[e >> 1]);
+  rs.l[0] = rs.l[0] * alpha[0] + (s[0][0] + s[0][1]) + (s[1][0] + s[1][1]);
+  rs.l[1] = rs.l[1] * alpha[1] + (s[0][2] + s[0][3]) + (s[1][2] + s[1][3]);
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    rs.o[n][0] *= alpha[0];
+    rs.o[n][1] *= alpha[0];
+    rs.o[n][2] *= alpha[1];
+    rs.o[n][3] *= alpha[1];
+  }
+}
+
+// Streams this warp's tiles of `span` and returns its softmax state.
+// VEC: 16-byte cp.async ring of STAGES slots; otherwise one slot, element loads.
+template <class Elem, class Tr, bool VEC, class Source>
+__device__ __forceinline__ void run_mainloop(RowState<Tr::kDpad / 8>& rs, unsigned char* smem,
+                                             Source& src, typename Elem::State& st,
+                                             const fd_decode_params& c, const LaunchParams& lp,
+                                             const KeySpan& span, const CtaRows& cr,
+                                             bool logit_mods) {
+  constexpr int DPAD = Tr::kDpad, WARPS = Tr::kWarps, STAGES = Tr::kStages;
+  constexpr int KSTEPS = DPAD / 16;  // QK^T reduction steps over head_dim
+  constexpr int NT = DPAD / 8;       // 8-column output tiles of PV
+  using Tile = typename Tr::Tile;
+  static_assert(DPAD % 16 == 0, "head_dim buckets are multiples of 16");
+  static_assert(STAGES >= 2 || !VEC, "the cp.async ring needs two stages");
+  const int warp = cr.warp, lane = cr.lane;
+  const int my_tiles = span.tiles > warp ? (span.tiles - warp + WARPS - 1) / WARPS : 0;
+
+  unsigned char* ring = smem + warp * STAGES * Tile::kStageBytes;
+  // Tiles dealt round robin, so the CTA's copies in flight are one contiguous
+  // stretch (1-5% faster than a contiguous quarter per warp, docs/RESULTS.md).
+  auto tile_of = [&](int j) { return warp + j * WARPS; };
+  const bool evict_first = VEC && lp.kv_evict_first != 0;
+  const uint64_t policy = ptx::make_evict_first_policy();
+  const int head_dim = c.head_dim;
+  // Tile j of this warp is loaded once, in order; a paged source looks up
+  // tile j + 1's pages while tile j streams (fetch), a contiguous one has
+  // nothing to look up.
+  auto fetch = [&](int j) {
+    if (j < my_tiles) src.fetch(span.key0(tile_of(j)), span.end(tile_of(j)), lane);
+  };
+  auto load = [&](int j) {
+    src.take(span.key0(tile_of(j)), span.end(tile_of(j)), lane);
+    unsigned char* sk = ring + (j % STAGES) * Tile::kStageBytes;
+    if constexpr (VEC) {
+      if (evict_first)
+        copy_tile_vec<Tr, true>(sk, sk + Tile::kTileBytes, src, c, head_dim, lane, policy);
+      else
+        copy_tile_vec<Tr, false>(sk, sk + Tile::kTileBytes, src, c, head_dim, lane, policy);
+    } else {
+      copy_tile_elems<Tr>(sk, sk + Tile::kTileBytes, src, c, head_dim, lane);
+    }
+    fetch(j + 1);
+  };
+
+  fetch(0);
+  if constexpr (VEC) {
+#pragma unroll
+    for (int j = 0; j < STAGES - 1; ++j) {
+      if (j < my_tiles) load(j);
+      ptx::cp_async_commit();
+    }
+  }
+
+  // Query rows of this CTA as mma A fragments (rows >= nh and columns >= D are 0),
+  // read after the first K/V copies are on their way so both latencies overlap.
+  uint32_t qf[KSTEPS][4];
+  if constexpr (Elem::kFp8) {
+    Elem::template q_elements<KSTEPS>(qf, st, c, lp, cr.b, cr.hq0, cr.nh, cr.gid, cr.tid);
+  } else if constexpr (VEC) {
+    // Staged through this warp's last ring slot, which the prologue left
+    // empty and the loop's first step refills.
+    if (lp.q_vec)
+      Elem::template q_staged<Tr, KSTEPS>(qf, ring + (STAGES - 1) * Tile::kStageBytes, c, cr.b,
+                                          cr.hq0, cr.nh, lane);
+    else
+      Elem::template q_elements<KSTEPS>(qf, c, cr.b, cr.hq0, cr.nh, cr.gid, cr.tid);
+  } else {
+    Elem::template q_elements<KSTEPS>(qf, c, cr.b, cr.hq0, cr.nh, cr.gid, cr.tid);
+  }
+
+  for (int j = 0; j < my_tiles; ++j) {
+    if constexpr (VEC) {
+      ptx::cp_async_wait<STAGES - 2>();
+      __syncwarp();
+      // Refill the slot every lane finished reading in the previous step.
+      if (j + STAGES - 1 < my_tiles) load(j + STAGES - 1);
+      ptx::cp_async_commit();
+    } else {
+      load(j);
+      __syncwarp();
+    }
+    const unsigned char* sk = ring + (j % STAGES) * Tile::kStageBytes;
+    const unsigned char* sv = sk + Tile::kTileBytes;
+    const int t = tile_of(j);
+
+    float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    Elem::template qk<Tr, KSTEPS>(s, qf, sk, lane);
+    tile_scores<Elem>(s, st, c, logit_mods, cr, span.key0(t), span.end(t));
+    online_softmax<NT>(s, rs);
+    Elem::template pv<Tr, NT>(rs.o, s, sv, lane);
+    if constexpr (!VEC) __syncwarp();  // the next synchronous load reuses the slot
+  }
+  if constexpr (VEC) ptx::cp_async_wait<0>();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    rs.l[r] += __shfl_xor_sync(0xffffffffu, rs.l[r], 1);
+    rs.l[r] += __shfl_xor_sync(0xffffffffu, rs.l[r], 2);
+  }
+}
+
+}  // namespace fd

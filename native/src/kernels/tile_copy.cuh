@@ -1,0 +1,104 @@
+// Copies of K/V rows from a KV source into a warp's shared-memory tile, and
+// the L2 prefetch of a CTA's first rows before its PDL wait.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../kernel_params.h"
+#include "ptx.cuh"
+#include "traits.cuh"
+
+namespace fd {
+
+// One 16-key tile of K and V (the source's current tile) into sk / sv: rows
+// past the tile's end and columns >= head_dim are zero-filled.
+// Vectorised: 16-byte cp.async (head_dim * element bytes a multiple of 16,
+// 16-byte aligned rows); K and V rows interleaved, measured 1.5-3% faster than
+// all K rows, then all V rows (docs/RESULTS.md). EVICT_FIRST: the copies carry
+// an evict-first L2 policy (LaunchParams::kv_evict_first).
+template <class Tr, bool EVICT_FIRST, class Source>
+__device__ __forceinline__ void copy_tile_vec(unsigned char* sk, unsigned char* sv,
+                                              const Source& src, const fd_decode_params& c,
+                                              int head_dim, int lane, uint64_t policy) {
+  using Tile = typename Tr::Tile;
+  // L2 prefetch hint: with the swizzled layout a warp's copies already cover
+  // whole lines and no hint measured 0-1% faster (fewer L2 requests); the
+  // padded layout streams better with 256-byte bursts.
+  constexpr int kPrefetch = Tile::kSwizzle ? 0 : 256;
+  constexpr int kChunks = Tile::kChunks;
+  constexpr int kCopies = kTileKeys * kChunks;
+  constexpr int kSteps = (kCopies + 31) / 32;
+#pragma unroll
+  for (int it = 0; it < kSteps; ++it) {
+    const int i = lane + it * 32;
+    // Every lane takes part in row() (a paged source shuffles); a lane past
+    // the last copy of an uneven step asks for row 0 and copies nothing.
+    const bool in_step = kCopies % 32 == 0 || i < kCopies;
+    const int row = in_step ? i / kChunks : 0, ch = i % kChunks;
+    const unsigned char* kr;
+    const unsigned char* vr;
+    const bool row_ok = src.template row<Tr::kKvBytes>(c, row, &kr, &vr);
+    if (!in_step) continue;
+    const bool ok = row_ok && ch * Tr::kElemsPerChunk < head_dim;
+    const unsigned char* ks = ok ? kr + ch * 16 : src.k;
+    const unsigned char* vs = ok ? vr + ch * 16 : src.v;
+    const int off = Tile::chunk_offset(row, ch);
+    ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sk + off, ks, ok ? 16 : 0, policy);
+    ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sv + off, vs, ok ? 16 : 0, policy);
+  }
+}
+
+// The same with element loads, for any head_dim, stride or alignment.
+template <class Tr, class Source>
+__device__ __forceinline__ void copy_tile_elems(unsigned char* sk, unsigned char* sv,
+                                                const Source& src, const fd_decode_params& c,
+                                                int head_dim, int lane) {
+  using Tile = typename Tr::Tile;
+  using E = typename std::conditional<Tr::kKvBytes == 1, uint8_t, uint16_t>::type;
+  constexpr int DPAD = Tr::kDpad;
+  static_assert(kTileKeys * DPAD % 32 == 0, "every lane runs every step (row() shuffles)");
+  for (int i = lane; i < kTileKeys * DPAD; i += 32) {
+    const int row = i / DPAD, col = i % DPAD;
+    const unsigned char* kr;
+    const unsigned char* vr;
+    const bool ok = src.template row<Tr::kKvBytes>(c, row, &kr, &vr) && col < head_dim;
+    const int off = Tile::chunk_offset(row, col / Tr::kElemsPerChunk) +
+                    (col % Tr::kElemsPerChunk) * Tr::kKvBytes;
+    *reinterpret_cast<E*>(sk + off) = ok ? reinterpret_cast<const E*>(kr)[col] : E{0};
+    *reinterpret_cast<E*>(sv + off) = ok ? reinterpret_cast<const E*>(vr)[col] : E{0};
+  }
+}
+
+// Prefetches into L2 the first `keys` K/V rows of a CTA's chunk while it waits
+// for the previous grid in the stream (PDL): that wait (~0.75 us) and the
+// first tiles' HBM latency overlap instead of adding up. One bulk prefetch per
+// row (per-sector prefetches and dummy 256-byte loads measured slower). Only
+// kernel parameters are read: seq_lens may still be being written, so with it
+// only split 0 prefetches (a chunk past a sequence's end would cost reads
+// nothing uses).
+template <class Tr, class Source>
+__device__ __forceinline__ void prefetch_first_rows(const fd_decode_params& c,
+                                                    const LaunchParams& lp, const Source& src,
+                                                    int split, int chunk_len, bool has_seq_lens) {
+  const int keys = lp.prefetch_keys;
+  if (keys <= 0 || (has_seq_lens && split != 0)) return;
+  const int k_len = c.k_len;
+  const int chunk0 = split * chunk_len;  // < k_len: the splits cover K, none empty
+  int begin = chunk0;
+  if (!has_seq_lens && c.window_size > 0) begin = max(begin, k_len - c.window_size);
+  // chunk0 + chunk_len may pass INT32_MAX on the last split; k_len - chunk0 cannot.
+  const int end = min(chunk0 + min(chunk_len, k_len - chunk0), begin + min(keys, k_len - begin));
+  const uint32_t row_bytes = static_cast<uint32_t>(c.head_dim) * Tr::kKvBytes;
+  for (int i = threadIdx.x; i < 2 * (end - begin); i += Tr::kThreads) {
+    const int key = begin + (i >> 1);
+    const unsigned char* kr;
+    const unsigned char* vr;
+    if (src.template prefetch_row<Tr::kKvBytes>(c, key, &kr, &vr))
+      ptx::prefetch_l2((i & 1) ? vr : kr, row_bytes);
+  }
+}
+
+}  // namespace fd
