@@ -68,8 +68,12 @@ for _name in ("fd_decode", "fd_decode_check"):
     getattr(lib, _name).argtypes = [C.POINTER(DecodeParams)]
 lib.fd_decode_workspace_size.argtypes = [C.POINTER(DecodeParams), C.POINTER(C.c_size_t)]
 lib.fd_decode_plan.argtypes = [C.POINTER(DecodeParams), C.POINTER(LaunchPlan)]
-lib.fd_merge_states.argtypes = [C.POINTER(MergeParams)]
-lib.fd_merge_states_check.argtypes = [C.POINTER(MergeParams)]
+# Newer functions are bound where the library has them (an older build is
+# compared against this one by tests/gpu/compare_builds.py).
+HAS_MERGE_STATES = hasattr(lib, "fd_merge_states")
+if HAS_MERGE_STATES:
+    lib.fd_merge_states.argtypes = [C.POINTER(MergeParams)]
+    lib.fd_merge_states_check.argtypes = [C.POINTER(MergeParams)]
 
 
 def new_params(**fields):

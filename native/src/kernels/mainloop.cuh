@@ -108,7 +108,11 @@ __device__ __forceinline__ void run_mainloop(RowState<Tr::kDpad / 8>& rs, unsign
   const int warp = cr.warp, lane = cr.lane;
   const int my_tiles = span.tiles > warp ? (span.tiles - warp + WARPS - 1) / WARPS : 0;
 
-  unsigned char* ring = smem + warp * STAGES * Tile::kStageBytes;
+  // The ring's base stays in a per-thread register (ptx::pin): as a uniform
+  // register, ptxas 13.0 gave the contiguous kernels' evict-first copies
+  // descriptor registers nothing writes (LDGSTS desc[UR1]: an illegal
+  // instruction at run time). tools/sass_check.py checks every build for it.
+  unsigned char* ring = ptx::pin(smem + warp * STAGES * Tile::kStageBytes);
   // Tiles dealt round robin, so the CTA's copies in flight are one contiguous
   // stretch (1-5% faster than a contiguous quarter per warp, docs/RESULTS.md).
   auto tile_of = [&](int j) { return warp + j * WARPS; };
