@@ -29,8 +29,10 @@ int64_t accuracy_splits(const Problem& p) { return ceil_div(p.c.k_len, kMaxChunk
 int max_splits(const Problem& p) {
   if (p.c.k_len <= 0) return 1;
   if (batch_invariant(p)) return static_cast<int>(ceil_div(p.c.k_len, kInvariantChunk));
-  int64_t s = std::min<int64_t>(kPolicyMaxSplits, ceil_div(p.c.k_len, kMinChunk));
-  s = std::min<int64_t>(s, std::max<int64_t>(1, ceil_div(kMaxSplitCtas, units_of(p))));
+  // What choose_splits may pick on any GPU: no chunk under kMinChunk keys, and
+  // (few units: one split per SM's share) at most kMaxSplitCtas CTAs.
+  int64_t s = std::min<int64_t>(ceil_div(p.c.k_len, kMinChunk),
+                                std::max<int64_t>(1, ceil_div(kMaxSplitCtas, units_of(p))));
   s = std::max<int64_t>(s, accuracy_splits(p));
   return static_cast<int>(std::max<int64_t>(s, 1));
 }
@@ -50,12 +52,15 @@ SplitChoice choose_splits(const Problem& p, int num_sms, int ctas_per_sm) {
   // previous kernel's CTAs (32/32 D128 B2 K4096: 128 CTAs 57 us, padded to one
   // per SM 50 us). So where the units are fewer than half the SMs and an SM
   // holds two CTAs, the split aims at two per SM (256 CTAs: 50 us), leaving
-  // nothing to pair; otherwise at one per SM. At most 16, and never a chunk
-  // longer than kMaxChunkKeys.
+  // nothing to pair; otherwise at one per SM. At most 16 splits (more cost the
+  // merge more than they gain) unless the units are so few that 16 would
+  // leave SMs idle (B = 1 with one to eight KV heads on 132 SMs): then up to
+  // one CTA per SM. Never a chunk longer than kMaxChunkKeys.
   const int64_t units = units_of(p);
   const int64_t sms = std::max(num_sms, 1);
   const int64_t per_sm = ctas_per_sm >= 2 && 2 * units <= sms ? 2 : 1;
-  int64_t s = std::max<int64_t>(1, std::min<int64_t>(per_sm * sms / units, kPolicyMaxSplits));
+  const int64_t cap = std::max<int64_t>(kPolicyMaxSplits, sms / units);
+  int64_t s = std::max<int64_t>(1, std::min<int64_t>(per_sm * sms / units, cap));
   s = std::min<int64_t>(s, max_splits(p));
   s = std::max<int64_t>(s, accuracy_splits(p));
   return split_into(p, static_cast<int>(s));

@@ -15,8 +15,9 @@ constexpr int kInvariantChunk = 512;  // fixed chunk of batch-invariant mode
 // Dynamic shared memory of a split CTA padded to one per SM: more than half of
 // sm_90's 228 KB. The cells raise their limit to this, so padding up to it works.
 constexpr int kOneCtaPerSmSmem = 116 * 1024;
-// Most splits the run-time policy picks for parallelism (32 measured slower: the
-// merge's extra partials cost more than a fuller GPU gains; docs/RESULTS.md).
+// Most splits the run-time policy picks for parallelism where the units fill
+// the GPU at that (32 measured slower: the merge's extra partials cost more
+// than a fuller GPU gains; docs/RESULTS.md).
 constexpr int kPolicyMaxSplits = 16;
 // Most keys one split streams. A warp's f32 accumulators take one more term
 // per 16-key tile; past about 2^13 terms per warp the rounding of a running

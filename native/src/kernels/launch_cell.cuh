@@ -83,16 +83,25 @@ struct Cell {
     cfg.numAttrs = pdl ? 1 : 0;
   }
 
+  // A long split list goes to the wide merge (8 warps per row); batch-invariant
+  // mode always folds every split in one warp, so a sequence's bits do not
+  // depend on how many (empty) splits the batch's longest length adds.
   template <typename Out>
   static cudaError_t launch_merge(const DecodeArgs& a, bool pdl, cudaStream_t stream) {
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
     const unsigned rows =
         static_cast<unsigned>(a.call.batch_size) * static_cast<unsigned>(a.call.num_heads);
-    cfg.gridDim = dim3((rows + kMergeRowsPerCta - 1) / kMergeRowsPerCta);
-    cfg.blockDim = dim3(kMergeThreads);
     cfg.stream = stream;
     set_pdl(cfg, attr, pdl);
+    const bool invariant = (a.call.flags & FD_FLAG_BATCH_INVARIANT) != 0;
+    if (!invariant && a.launch.num_splits > kNarrowMergeSplits) {
+      cfg.gridDim = dim3(rows);
+      cfg.blockDim = dim3(kWideMergeThreads);
+      return cudaLaunchKernelEx(&cfg, &decode_merge_wide_kernel<Out, DPAD>, a);
+    }
+    cfg.gridDim = dim3((rows + kMergeRowsPerCta - 1) / kMergeRowsPerCta);
+    cfg.blockDim = dim3(kMergeThreads);
     return cudaLaunchKernelEx(&cfg, &decode_merge_kernel<Out, DPAD>, a);
   }
 
