@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Run the flashdecoding benchmark from a checkout: ``python3 scripts/bench.py [--help]``.
 
-Same as ``python -m flashdecoding bench``; puts the checkout's python/ first on
-the path (``PYTHONPATH=python`` works too).  If the package itself cannot be
-imported (e.g. libflashdecoding.so not built), the peers still run and
-flashdecoding is reported "n/a".
+The same as ``python -m flashdecoding bench`` (the ``flashdecoding.bench``
+package); puts the checkout's python/ first on the path (``PYTHONPATH=python``
+works too).  If the package itself cannot be imported (e.g. its native library
+is not built), the bench still runs its peers and reports flashdecoding "n/a".
+docs/PERFORMANCE.md describes the method and the bar.
 """
 
 import importlib

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine and runs the main job: builds and installs the package
-# into .venv (scripts/test.sh does the same set-up and runs the tests), then
+# Sets up a fresh machine and runs the main job: checks the prerequisites (and
+# names what is missing), builds and installs the package into .venv
+# (scripts/test.sh does the same set-up and runs the tests), then
 # `python -m flashdecoding info` and `python -m flashdecoding run` — one decode of a
 # Llama-3-8B step, checked against a float64 reference and timed.
 # Arguments go to `flashdecoding run` (e.g. --batch 16 --k-len 8192 --dtype f16).
@@ -10,6 +11,9 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
 FD_PY_NEEDS="numpy ml_dtypes cuda.bindings scikit_build_core"
+. "$ROOT/scripts/_prereqs.sh"
+fd_check_prereqs "numpy=numpy>=1.22" "ml_dtypes=ml_dtypes>=0.2" "cuda.bindings=cuda-python>=12.0" \
+  "scikit_build_core=scikit-build-core>=0.10"
 . "$ROOT/scripts/_python_env.sh"
 fd_need numpy "numpy>=1.22"
 fd_need ml_dtypes "ml_dtypes>=0.2"

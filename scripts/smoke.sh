@@ -9,14 +9,14 @@
 # Environment:
 #   BUILD_DIR               build tree (default: <repo>/build)
 #   FD_CUDA_ARCHITECTURES   passed as -DCMAKE_CUDA_ARCHITECTURES (default: the project's)
-#   JOBS                    parallel build jobs (default: 2)
+#   JOBS                    parallel build jobs (default: the CPU count)
 #   CC, CXX                 compilers for the consumers (default: cc, c++)
 #   KEEP_TMP=1              keep the temporary prefix for inspection
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
-JOBS="${JOBS:-2}"
+JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 CC="${CC:-cc}"
 CXX="${CXX:-c++}"
 CONSUMER_DIR="$ROOT/tests/c/consumer"

@@ -157,17 +157,18 @@ def time_one(spec, repeats):
                 failed.append(F.last_error())
     if failed:
         raise RuntimeError(f"capture: {failed[0]}")
-    for _ in range(3):
-        graph.replay()
-    torch.cuda.synchronize()
     samples = []
-    for _ in range(repeats):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record(stream)
-        graph.replay()
-        e1.record(stream)
-        e1.synchronize()
-        samples.append(e0.elapsed_time(e1) * 1e3 / n_calls)
+    with torch.cuda.stream(stream):  # replay() launches on the current stream
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        for _ in range(repeats):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            graph.replay()
+            e1.record()
+            e1.synchronize()
+            samples.append(e0.elapsed_time(e1) * 1e3 / n_calls)
     us = statistics.median(samples)
     read = kv_bytes if lens is None else int(kv_bytes * lens.float().mean().item() / K)
     return {"us": us, "gbps": (read + 2 * B * Hq * D * 2) / us / 1e3, "err": err,

@@ -3,28 +3,39 @@
 A pure-Python ctypes binding over libflashdecoding.so. Importing it needs neither a
 GPU nor a driver nor the library: the library is loaded on first use, and the
 first call that needs the GPU raises CudaError saying why there is none.
+
+Entry points: ``flash_decode`` (arrays in, arrays out: contiguous or paged
+caches, f16/bf16/fp8 KV, every extension), ``merge_states`` (combine partial
+results with their LSEs), and the descriptor / args / plan triple
+(``FlashDecodingDescriptor``, ``FlashDecodingArgs`` / ``FlashDecodingPagedArgs``,
+``FlashDecodingPlan``) for callers that plan once and run many times.
 """
+from ._capi import FD_MAX_PAGE_SIZE as MAX_PAGE_SIZE
 from ._version import __version__
 from .api import flash_decode
+from .arch import ArchSku, SmArch
+from .decode_args import FlashDecodingArgs, FlashDecodingPagedArgs
 from .descriptor import FlashDecodingDescriptor
-from .dispatch_key import DispatchKey, DType, SmArch
+from .dispatch_key import DispatchKey, DType
 from .errors import (CudaError, DispatchError, Error, InvalidPointer, InvalidProblem,
                      LibraryError, Unsupported, WorkspaceTooSmall)
-from .kinds import (BackendKind, ElementKind, KernelSku, PlanPreference,
-                    PrecisionGuarantee)
-from .plan import FlashDecodingArgs, FlashDecodingPlan, Workspace
+from .kinds import (AttentionKind, BackendKind, ElementKind, Epilogue, KernelSku, KvLayout,
+                    MathPrecision, OpCategory, PlanPreference, PrecisionGuarantee)
+from .merge import check_merge_states, merge_states
+from .plan import FlashDecodingPlan, Workspace
 from .tensor import TensorMut, TensorRef
 
 __all__ = [
-    "__version__", "flash_decode",
-    "FlashDecodingDescriptor", "FlashDecodingArgs", "FlashDecodingPlan", "Workspace",
-    "TensorRef", "TensorMut",
-    "ElementKind", "PlanPreference", "BackendKind", "KernelSku", "PrecisionGuarantee",
-    "DispatchKey", "SmArch", "DType",
+    "__version__", "flash_decode", "merge_states", "check_merge_states",
+    "FlashDecodingDescriptor", "FlashDecodingArgs", "FlashDecodingPagedArgs",
+    "FlashDecodingPlan", "Workspace", "TensorRef", "TensorMut",
+    "ElementKind", "DType", "PlanPreference", "BackendKind", "KernelSku", "PrecisionGuarantee",
+    "OpCategory", "AttentionKind", "ArchSku", "MathPrecision", "KvLayout", "Epilogue",
+    "DispatchKey", "SmArch",
     "Error", "InvalidProblem", "InvalidPointer", "Unsupported", "WorkspaceTooSmall",
     "CudaError", "DispatchError", "LibraryError",
-    "FLASH_DECODING_MAX_D", "library_version", "library_path", "kernel_cells",
-    "compiled_architectures",
+    "FLASH_DECODING_MAX_D", "MAX_PAGE_SIZE", "library_version", "library_path",
+    "kernel_cells", "head_dim_buckets", "compiled_architectures",
 ]
 
 
@@ -45,32 +56,34 @@ def library_path() -> str:
 
 def compiled_architectures() -> str:
     """The library's compiled architectures, as it reports them (e.g. '80,86,89,90a')."""
-    from . import _native
+    from .arch import compiled_architectures_text
 
-    return _native.lib().fd_compiled_architectures().decode()
+    return compiled_architectures_text()
 
 
 def kernel_cells():
-    """Every compiled kernel cell of the library, as KernelSku."""
-    import ctypes
+    """Every compiled kernel cell of the library, as KernelSku (fd_kernel_cell_info_get)."""
+    from .cells import kernel_cells as cells
 
-    from . import _capi, _native
+    return cells()
 
-    lib = _native.lib()
-    cells = []
-    for i in range(lib.fd_kernel_cell_count()):
-        c = _capi.FdKernelCell()
-        _native.check(lib.fd_kernel_cell_get(i, ctypes.byref(c)))
-        cells.append(KernelSku(index=i, element=ElementKind(c.dtype), head_dim=c.head_dim,
-                               max_group_per_cta=c.max_group_per_cta, name=c.name.decode()))
-    return cells
+
+def head_dim_buckets(kv_element=None, paged=None):
+    """The head-dim buckets the library has cells for (optionally for one KV element
+    type and layout), ascending; any head_dim up to the largest runs the smallest
+    bucket that holds it."""
+    from .cells import head_dim_buckets as buckets
+
+    return buckets(None if kv_element is None else ElementKind.parse(kv_element), paged)
 
 
 def __getattr__(name):
     # FLASH_DECODING_MAX_D comes from the library (its largest kernel cell), so it is
     # computed on first access rather than at import.
     if name == "FLASH_DECODING_MAX_D":
-        value = max(c.head_dim for c in kernel_cells())
+        from .cells import max_head_dim
+
+        value = max_head_dim()
         globals()[name] = value
         return value
     raise AttributeError(f"module 'flashdecoding' has no attribute {name!r}")

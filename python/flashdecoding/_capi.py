@@ -2,13 +2,15 @@
 
 Each binding is preceded by its declaration in
 native/include/flashdecoding/flashdecoding.h; keep the two in step.
-Structures mirror the header field for field, in order.
+Structures mirror the header field for field, in order
+(tests/python/test_api_capi_mirror.py parses the header and compares).
 """
 from __future__ import annotations
 
 import ctypes
 from ctypes import (POINTER, Structure, c_char_p, c_float, c_int, c_int32, c_int64,
                     c_size_t, c_uint32, c_void_p)
+from typing import Optional
 
 # typedef enum fd_dtype { F16 = 1, BF16 = 2, F32 = 3, F64 = 4, FP8_E4M3 = 5, FP8_E5M2 = 6 }
 FD_DTYPE_F16 = 1
@@ -21,8 +23,22 @@ FD_DTYPE_FP8_E5M2 = 6
 # #define FD_FLAG_BATCH_INVARIANT 0x1u
 FD_FLAG_BATCH_INVARIANT = 0x1
 
+# #define FD_MAX_PAGE_SIZE 256
+FD_MAX_PAGE_SIZE = 256
 
-class FdDecodeParams(Structure):
+
+class _Sized(Structure):
+    """A size-versioned struct: ``struct_size`` first, everything else zero = off."""
+
+    @classmethod
+    def new(cls):
+        """All fields zero, struct_size = sizeof."""
+        s = cls()
+        s.struct_size = ctypes.sizeof(cls)
+        return s
+
+
+class FdDecodeParams(_Sized):
     """typedef struct fd_decode_params { ... } fd_decode_params;  (append-only)"""
 
     _fields_ = [
@@ -66,44 +82,109 @@ class FdDecodeParams(Structure):
         ("kv_dtype", c_int32),              # int32_t kv_dtype;
         ("k_scale", c_float),               # float k_scale;
         ("v_scale", c_float),               # float v_scale;
+        # ---- appended in 0.2 ----
+        ("k_stride_page", c_int64),         # int64_t k_stride_page;
+        ("v_stride_page", c_int64),         # int64_t v_stride_page;
+        ("max_pages", c_int32),             # int32_t max_pages;
+        ("num_pages", c_int32),             # int32_t num_pages;
+        ("k_scales", POINTER(c_float)),     # const float* k_scales;
+        ("v_scales", POINTER(c_float)),     # const float* v_scales;
+        ("sink_tokens", c_int32),           # int32_t sink_tokens;
     ]
 
-    @classmethod
-    def new(cls) -> "FdDecodeParams":
-        """All extensions off (zeros), struct_size = sizeof."""
-        p = cls()
-        p.struct_size = ctypes.sizeof(cls)
-        return p
+
+class FdMergeParams(_Sized):
+    """typedef struct fd_merge_params { ... } fd_merge_params;"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),          # size_t struct_size;
+        ("dtype", c_int32),                 # int32_t dtype;
+        ("num_states", c_int32),            # int32_t num_states;
+        ("batch_size", c_int32),            # int32_t batch_size;
+        ("num_heads", c_int32),             # int32_t num_heads;
+        ("head_dim", c_int32),              # int32_t head_dim;
+        ("reserved", c_int32),              # int32_t reserved;
+        ("states", c_void_p),               # const void* states;
+        ("state_stride_n", c_int64),        # int64_t state_stride_n, state_stride_b, state_stride_h;
+        ("state_stride_b", c_int64),
+        ("state_stride_h", c_int64),
+        ("lse", POINTER(c_float)),          # const float* lse;
+        ("lse_stride_n", c_int64),          # int64_t lse_stride_n, lse_stride_b, lse_stride_h;
+        ("lse_stride_b", c_int64),
+        ("lse_stride_h", c_int64),
+        ("y", c_void_p),                    # void* y;
+        ("y_stride_b", c_int64),            # int64_t y_stride_b, y_stride_h;
+        ("y_stride_h", c_int64),
+        ("lse_out", POINTER(c_float)),      # float* lse_out;
+        ("lse_out_stride_b", c_int64),      # int64_t lse_out_stride_b, lse_out_stride_h;
+        ("lse_out_stride_h", c_int64),
+        ("stream", c_void_p),               # void* stream;
+    ]
 
 
 class FdKernelCell(Structure):
-    """typedef struct fd_kernel_cell { int32_t dtype; int32_t head_dim;
-    int32_t max_group_per_cta; const char* name; } fd_kernel_cell;"""
+    """typedef struct fd_kernel_cell { ... } fd_kernel_cell;"""
 
     _fields_ = [
-        ("dtype", c_int32),
-        ("head_dim", c_int32),
-        ("max_group_per_cta", c_int32),
-        ("name", c_char_p),
+        ("dtype", c_int32),                 # int32_t dtype;
+        ("head_dim", c_int32),              # int32_t head_dim;
+        ("max_group_per_cta", c_int32),     # int32_t max_group_per_cta;
+        ("name", c_char_p),                 # const char* name;
     ]
 
 
-class FdLaunchPlan(Structure):
-    """typedef struct fd_launch_plan { size_t struct_size; int32_t cell_index; int32_t num_splits;
-    int32_t chunk_len; int32_t heads_per_cta; int32_t num_sms; int32_t device_cc;
-    int32_t cluster_size; int32_t merge_kernel; }"""
+class FdKernelCellInfo(_Sized):
+    """typedef struct fd_kernel_cell_info { ... } fd_kernel_cell_info;  (append-only)"""
 
     _fields_ = [
-        ("struct_size", c_size_t),
-        ("cell_index", c_int32),
-        ("num_splits", c_int32),
-        ("chunk_len", c_int32),
-        ("heads_per_cta", c_int32),
-        ("num_sms", c_int32),
-        ("device_cc", c_int32),
-        ("cluster_size", c_int32),
-        ("merge_kernel", c_int32),
+        ("struct_size", c_size_t),          # size_t struct_size;
+        ("q_dtype", c_int32),               # int32_t q_dtype;
+        ("kv_dtype", c_int32),              # int32_t kv_dtype;
+        ("head_dim", c_int32),              # int32_t head_dim;
+        ("paged", c_int32),                 # int32_t paged;
+        ("max_group_per_cta", c_int32),     # int32_t max_group_per_cta;
+        ("min_compute_capability", c_int32),  # int32_t min_compute_capability;
+        ("name", c_char_p),                 # const char* name;
     ]
+
+
+class FdLaunchPlan(_Sized):
+    """typedef struct fd_launch_plan { ... } fd_launch_plan;  (append-only)"""
+
+    _fields_ = [
+        ("struct_size", c_size_t),          # size_t struct_size;
+        ("cell_index", c_int32),            # int32_t cell_index;
+        ("num_splits", c_int32),            # int32_t num_splits;
+        ("chunk_len", c_int32),             # int32_t chunk_len;
+        ("heads_per_cta", c_int32),         # int32_t heads_per_cta;
+        ("num_sms", c_int32),               # int32_t num_sms;
+        ("device_cc", c_int32),             # int32_t device_cc;
+        ("cluster_size", c_int32),          # int32_t cluster_size;
+        ("merge_kernel", c_int32),          # int32_t merge_kernel;
+        ("ctas", c_int32),                  # int32_t ctas;
+        ("warps_per_cta", c_int32),         # int32_t warps_per_cta;
+        ("ctas_per_sm", c_int32),           # int32_t ctas_per_sm;
+        ("vectorized", c_int32),            # int32_t vectorized;
+    ]
+
+
+def float_ptr(address: Optional[int]):
+    """A ``float*`` field value for a device address (None or 0: NULL)."""
+    return ctypes.cast(c_void_p(address), POINTER(c_float)) if address else None
+
+
+def int32_ptr(address: Optional[int]):
+    """An ``int32_t*`` field value for a device address (None or 0: NULL)."""
+    return ctypes.cast(c_void_p(address), POINTER(c_int32)) if address else None
+
+
+def address_of(field) -> int:
+    """The address a pointer field holds (0 for NULL)."""
+    if field is None:
+        return 0
+    if isinstance(field, int):
+        return field
+    return ctypes.cast(field, c_void_p).value or 0
 
 
 _I32 = c_int32
@@ -179,6 +260,12 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     # FD_API int fd_decode(const fd_decode_params* params);
     fn("fd_decode", c_int, [POINTER(FdDecodeParams)])
 
+    # FD_API int fd_merge_states_check(const fd_merge_params* params);
+    fn("fd_merge_states_check", c_int, [POINTER(FdMergeParams)])
+
+    # FD_API int fd_merge_states(const fd_merge_params* params);
+    fn("fd_merge_states", c_int, [POINTER(FdMergeParams)])
+
     # FD_API int32_t fd_kernel_cell_count(void);
     fn("fd_kernel_cell_count", c_int32, [])
 
@@ -187,6 +274,12 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 
     # FD_API int fd_kernel_cell_find(int32_t dtype, int32_t head_dim, int32_t* index);
     fn("fd_kernel_cell_find", c_int, [_I32, _I32, POINTER(c_int32)])
+
+    # FD_API int fd_kernel_cell_info_get(int32_t index, fd_kernel_cell_info* info);
+    fn("fd_kernel_cell_info_get", c_int, [_I32, POINTER(FdKernelCellInfo)])
+
+    # FD_API int fd_decode_cell(const fd_decode_params* params, int32_t* index);
+    fn("fd_decode_cell", c_int, [POINTER(FdDecodeParams), POINTER(c_int32)])
 
     # FD_API const char* fd_compiled_architectures(void);
     fn("fd_compiled_architectures", c_char_p, [])

@@ -1,5 +1,5 @@
-"""cuda-python glue: streams, events, device buffers (numpy in/out, bf16 through
-ml_dtypes), and 'is there a GPU?'.
+"""cuda-python glue: streams, events, device buffers (numpy in/out, bf16 and fp8
+through ml_dtypes), and 'is there a GPU?'.
 
 cuda-python is imported on first use, so ``import flashdecoding`` works on a
 machine without it, without a driver and without a GPU; the first call that
@@ -293,10 +293,10 @@ def _host_dtype(dtype):
     np = _np()
     if isinstance(dtype, ElementKind):
         return dtype.numpy_dtype()
-    if isinstance(dtype, str) and dtype.lower() in ("bf16", "bfloat16"):
-        return ElementKind.BF16.numpy_dtype()
-    if isinstance(dtype, str) and dtype.lower() in ("f16",):
-        return np.dtype("float16")
+    if isinstance(dtype, str):  # our names too: 'bf16', 'fp8_e4m3', ...
+        kind = element_from_dtype(dtype)
+        if kind is not None:
+            return kind.numpy_dtype()
     return np.dtype(dtype)
 
 
@@ -489,11 +489,15 @@ class DeviceView:
     def to_numpy(self, *, stream: Any = None):
         """Host copy of the viewed elements (copies the buffer, then strides on the host)."""
         np = _np()
-        whole = self.base.to_numpy(stream=stream).reshape(-1).view(np.uint8).view(self.dtype)
-        offset = (self.ptr - self.base.ptr) // self.dtype.itemsize
+        whole = self.base.to_numpy(stream=stream).reshape(-1).view(np.uint8)
         item = self.dtype.itemsize
-        return np.lib.stride_tricks.as_strided(
-            whole[offset:], shape=self.shape, strides=[s * item for s in self.strides]).copy()
+        if any(n == 0 for n in self.shape):
+            return np.empty(self.shape, self.dtype)
+        # np.ndarray over the bytes, not as_strided: as_strided rebuilds the dtype from
+        # its typestr, which numpy cannot read back for ml_dtypes' float8_e5m2 ('<f1').
+        return np.ndarray(self.shape, dtype=self.dtype, buffer=whole,
+                          offset=self.ptr - self.base.ptr,
+                          strides=[s * item for s in self.strides]).copy()
 
     def __repr__(self) -> str:
         return f"DeviceView(ptr=0x{self.ptr:x}, shape={self.shape}, strides={self.strides})"

@@ -1,35 +1,31 @@
-"""FlashDecodingArgs, Workspace and FlashDecodingPlan: the descriptor / args / plan
-triple over the C library. The rules are the library's: ``select``,
-``can_implement`` and ``workspace_size`` ask its host-only functions (no GPU
-needed) and raise its status as an exception with its message. Python adds only
-what C cannot see: tensor shapes against the descriptor, array dtypes, and the
-D axis stride."""
+"""Workspace and FlashDecodingPlan: with the descriptor and the args
+(decode_args.py), the descriptor / args / plan triple over the C library.
+
+The rules are the library's: ``select``, ``can_implement`` and
+``workspace_size`` ask its host-only functions (no GPU needed) and raise its
+status as an exception with its message; ``run`` is one ``fd_decode``, which
+makes the same checks once before it launches. Python adds only what C cannot
+see: tensor shapes and dtypes against the descriptor, and the strides the C
+ABI has no field for."""
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 from . import _capi, _native
-from .descriptor import FlashDecodingDescriptor, as_int64
-from .dispatch_key import DispatchKey, DType, SmArch, highest_compiled_arch
+from .decode_args import FlashDecodingArgs, FlashDecodingPagedArgs, check_args
+from .descriptor import FlashDecodingDescriptor
+from .dispatch_key import DispatchKey, SmArch, highest_compiled_arch
 from .errors import CudaError, InvalidProblem, Unsupported, WorkspaceTooSmall
-from .kinds import (BackendKind, ElementKind, KernelSku, PlanPreference,
-                    PrecisionGuarantee)
-from .tensor import TensorMut, TensorRef, as_mut, as_ref
+from .kinds import DECODE_PRECISION, BackendKind, ElementKind, KernelSku, PlanPreference
+from .kinds import PrecisionGuarantee
+from .tensor import TensorRef
 
+__all__ = ["FlashDecodingArgs", "FlashDecodingPagedArgs", "FlashDecodingPlan", "Workspace"]
 
-class FlashDecodingArgs:
-    """The tensors of one call: q [B,H_q,D], k/v [B,H_kv,K,D] (TensorRef), y [B,H_q,D]
-    (TensorMut). Arrays and addresses are wrapped as needed."""
-
-    def __init__(self, q: Any, k: Any, v: Any, y: Any):
-        self.q: TensorRef = as_ref(q)
-        self.k: TensorRef = as_ref(k)
-        self.v: TensorRef = as_ref(v)
-        self.y: TensorMut = as_mut(y)
-
-    def tensors(self):
-        return (("q", self.q), ("k", self.k), ("v", self.v), ("y", self.y))
+# A made-up, never dereferenced block-table address: the host-only problem
+# checks (select, workspace size, cell) need a paged problem to have a table.
+_PLACEHOLDER_TABLE = 1 << 44
 
 
 class Workspace:
@@ -56,6 +52,8 @@ class Workspace:
             if nbytes is None:
                 raise TypeError("Workspace.borrowed(address) needs nbytes")
             return cls(buf, nbytes, None)
+        if isinstance(buf, tuple) and len(buf) == 2 and all(isinstance(x, int) for x in buf):
+            return cls(buf[0], buf[1], None)  # (address, nbytes)
         ptr = getattr(buf, "ptr", None)
         size = getattr(buf, "nbytes", None)
         if isinstance(ptr, int) and isinstance(size, int):
@@ -64,7 +62,7 @@ class Workspace:
         t = TensorRef(buf)
         if t.stride != tuple(_c_strides(t.shape)):
             raise InvalidProblem("a workspace array must be contiguous")
-        item = ElementKind.parse(t.dtype_name).itemsize if t.element else _itemsize(t.dtype_name)
+        item = _itemsize(t.dtype_name)
         count = 1
         for n in t.shape:
             count *= n
@@ -76,6 +74,11 @@ class Workspace:
 
 
 def _itemsize(dtype_name: Optional[str]) -> int:
+    from .kinds import element_from_dtype
+
+    kind = element_from_dtype(dtype_name) if dtype_name else None
+    if kind is not None:
+        return kind.itemsize
     import numpy as np
 
     try:
@@ -92,7 +95,7 @@ def _c_strides(shape):
     return list(reversed(out))
 
 
-def _address_after(args: "FlashDecodingArgs") -> int:
+def _address_after(args: FlashDecodingArgs) -> int:
     """A 256-aligned address past every tensor of ``args``: where can_implement
     pretends a workspace of the right size lives (host-only checks never touch it)."""
     end = 0
@@ -104,8 +107,22 @@ def _address_after(args: "FlashDecodingArgs") -> int:
     return (end + 255) // 256 * 256
 
 
-def _element_c(element: ElementKind) -> int:
-    return int(element)
+def _c_decode(params: _capi.FdDecodeParams) -> int:
+    """The one launch of a plan: fd_decode (checks, then launches on params.stream)."""
+    return _native.lib().fd_decode(ctypes.byref(params))
+
+
+def problem_params(desc: FlashDecodingDescriptor,
+                   pref: PlanPreference = PlanPreference.DEFAULT) -> _capi.FdDecodeParams:
+    """fd_decode_params with the problem of ``desc`` and no tensors: what the
+    host-only problem queries read (a paged problem gets a placeholder table)."""
+    p = _capi.FdDecodeParams.new()
+    for name, value in desc.c_fields().items():
+        setattr(p, name, value)
+    p.flags = pref.flags
+    if desc.paged:
+        p.block_table = _capi.int32_ptr(_PLACEHOLDER_TABLE)
+    return p
 
 
 class FlashDecodingPlan:
@@ -118,6 +135,7 @@ class FlashDecodingPlan:
         self._sku = cell
         self._workspace_bytes = workspace_bytes
         self.stream = stream
+        self._problem = problem_params(desc, pref)  # copied into every call's params
 
     # ------------------------------------------------------------------ select
     @classmethod
@@ -126,6 +144,8 @@ class FlashDecodingPlan:
                element: Optional[ElementKind] = None) -> "FlashDecodingPlan":
         """Checks ``desc`` with the library (no GPU needed) and picks its cell.
         ``element`` given and different from ``desc.element`` -> Unsupported."""
+        from .cells import cell
+
         if not isinstance(desc, FlashDecodingDescriptor):
             raise TypeError(f"desc must be a FlashDecodingDescriptor, got {type(desc).__name__}")
         if not isinstance(pref, PlanPreference):
@@ -133,31 +153,17 @@ class FlashDecodingPlan:
         if element is not None and ElementKind.parse(element) is not desc.element:
             raise Unsupported(f"element {ElementKind.parse(element).short_name} was asked for but "
                               f"the descriptor is {desc.element.short_name}; a plan runs one "
-                              "element type for q, k, v and y")
+                              "element type for q and y")
         lib = _native.lib()
-        b, h, hkv, k_len, d = desc.c_args()
-        params = cls._problem_params(desc, pref)
-        _native.check(lib.fd_flash_decoding_check_problem(_element_c(desc.element), b, h, hkv,
-                                                          k_len, d, desc.scale))
+        params = problem_params(desc, pref)
         needed = ctypes.c_size_t(0)
         _native.check(lib.fd_decode_workspace_size(ctypes.byref(params), ctypes.byref(needed)))
         index = ctypes.c_int32(-1)
-        _native.check(lib.fd_kernel_cell_find(_element_c(desc.element), d, ctypes.byref(index)))
-        cell = _capi.FdKernelCell()
-        _native.check(lib.fd_kernel_cell_get(index.value, ctypes.byref(cell)))
-        sku = KernelSku(index=index.value, element=ElementKind(cell.dtype), head_dim=cell.head_dim,
-                        max_group_per_cta=cell.max_group_per_cta, name=cell.name.decode())
+        _native.check(lib.fd_decode_cell(ctypes.byref(params), ctypes.byref(index)))
+        sku = cell(index.value)
+        if sku.element is None:  # an fp8 cell: it runs this plan's query type
+            sku = sku.for_queries(desc.element)
         return cls(desc, pref, sku, int(needed.value), stream)
-
-    @staticmethod
-    def _problem_params(desc: FlashDecodingDescriptor, pref: PlanPreference) -> _capi.FdDecodeParams:
-        b, h, hkv, k_len, d = desc.c_args()
-        p = _capi.FdDecodeParams.new()
-        p.dtype = _element_c(desc.element)
-        p.flags = pref.flags
-        p.batch_size, p.num_heads, p.num_kv_heads, p.k_len, p.head_dim = b, h, hkv, k_len, d
-        p.scale = desc.scale
-        return p
 
     # ------------------------------------------------------------------ queries
     def workspace_size(self) -> int:
@@ -168,16 +174,17 @@ class FlashDecodingPlan:
         return BackendKind.BESPOKE
 
     def sku(self) -> KernelSku:
-        """The compiled kernel cell this plan runs."""
+        """The compiled kernel cell this plan runs (its element is q's type; an fp8
+        cell's aux_element the KV type)."""
         return self._sku
 
     def precision(self) -> PrecisionGuarantee:
-        return PrecisionGuarantee(math_precision=self.desc.element, accumulator=ElementKind.F32,
-                                  bit_stable_on_same_hardware=True, deterministic=True)
+        return DECODE_PRECISION
 
-    def dispatch_key(self) -> DispatchKey:
-        """The key of this plan's cell. arch: the current device when there is one,
-        else the newest architecture the library was compiled for."""
+    def dispatch_key(self, args: Optional[FlashDecodingArgs] = None) -> DispatchKey:
+        """The key of this plan's cell and features. arch: the current device when
+        there is one, else the newest architecture the library was compiled for.
+        varlen and alibi come from ``args`` when given (they are device arrays)."""
         from .cuda import compute_capability, has_gpu
 
         arch = None
@@ -187,61 +194,70 @@ class FlashDecodingPlan:
             arch = highest_compiled_arch()
         if arch is None:
             raise CudaError("no GPU and the library names no known compiled architecture")
-        return DispatchKey(arch=arch, dtype=DType(int(self.desc.element)),
-                           head_dim=self._sku.head_dim, gqa_ratio=max(self.desc.group_size(), 1))
+        d = self.desc
+        return DispatchKey(arch=arch, dtype=d.kv, head_dim=self._sku.head_dim,
+                           varlen=args is not None and args.seq_lens is not None,
+                           sliding_window=None if d.window is None else int(d.window),
+                           alibi=args is not None and args.alibi_slopes is not None,
+                           sink=int(d.sink_tokens),
+                           paged=d.paged, gqa_ratio=max(d.group_size(), 1))
 
-    def launch_plan(self) -> dict:
+    def launch_plan(self, args: Optional[FlashDecodingArgs] = None) -> dict:
         """How the library would launch this on the current device (needs a GPU):
-        cell_index, num_splits, chunk_len, heads_per_cta, num_sms, device_cc.
-        Planned for contiguous q/y [B, H_q, D] and k/v [B, H_kv, K, D]."""
-        p = self._problem_params(self.desc, self.pref)
-        b, h, hkv, k_len, d = self.desc.c_args()
-        p.q_stride_b = p.y_stride_b = h * d
-        p.q_stride_h = p.y_stride_h = d
-        p.k_stride_b = p.v_stride_b = hkv * k_len * d
-        p.k_stride_h = p.v_stride_h = k_len * d
-        p.k_stride_k = p.v_stride_k = d
-        out = _capi.FdLaunchPlan(struct_size=ctypes.sizeof(_capi.FdLaunchPlan))
+        cell_index, num_splits, chunk_len, heads_per_cta, num_sms, device_cc,
+        cluster_size, merge_kernel, ctas, warps_per_cta, ctas_per_sm, vectorized.
+        Planned for ``args`` when given, else for contiguous q/y and k/v
+        [B, H_kv, K, D] (NHD pools when paged) at 16-byte aligned addresses."""
+        if args is not None:
+            check_args(self.desc, args)
+            p = self._params(args, Workspace.none(), 0)
+        else:
+            p = problem_params(self.desc, self.pref)
+            b, h, hkv, k_len, d = self.desc.c_args()
+            p.q_stride_b = p.y_stride_b = h * d
+            p.q_stride_h = p.y_stride_h = d
+            if self.desc.paged:
+                ps = self.desc.page_size
+                p.k_stride_page = p.v_stride_page = ps * hkv * d
+                p.k_stride_k = p.v_stride_k = hkv * d
+                p.k_stride_h = p.v_stride_h = d
+            else:
+                p.k_stride_b = p.v_stride_b = hkv * k_len * d
+                p.k_stride_h = p.v_stride_h = k_len * d
+                p.k_stride_k = p.v_stride_k = d
+        out = _capi.FdLaunchPlan.new()
         _native.check(_native.lib().fd_decode_plan(ctypes.byref(p), ctypes.byref(out)))
         return {name: getattr(out, name) for name, _ in _capi.FdLaunchPlan._fields_
                 if name != "struct_size"}
 
-    # ------------------------------------------------------------------ checks
-    def _python_checks(self, args: FlashDecodingArgs) -> None:
-        d = self.desc
-        expected = {"q": d.q_shape(), "k": d.kv_shape(), "v": d.kv_shape(), "y": d.y_shape()}
-        for name, t in args.tensors():
-            if t.dtype_name is not None:
-                if t.element not in (ElementKind.F16, ElementKind.BF16):
-                    raise Unsupported(f"{name} has dtype {t.dtype_name}; q, k, v and y must be "
-                                      "float16 or bfloat16")
-                if t.element is not d.element:
-                    raise InvalidProblem(f"{name} has dtype {t.dtype_name} but the descriptor's "
-                                         f"element is {d.element.short_name}")
-            if t.shape != expected[name]:
-                raise InvalidProblem(f"{name}: expected shape {expected[name]}, got {t.shape}")
-            if len(t.stride) != len(t.shape):
-                raise InvalidProblem(f"{name}: {len(t.stride)} strides for {len(t.shape)} axes")
-            if d.head_dim > 1 and t.stride[-1] != 1:
-                raise InvalidProblem(f"{name}: the D axis stride must be 1 (contiguous), "
-                                     f"got {t.stride[-1]}")
-            for s in t.stride:
-                as_int64(f"{name} stride", s)
-
-    def _c_arguments(self, args: FlashDecodingArgs, workspace: Workspace) -> Tuple:
-        b, h, hkv, k_len, d = self.desc.c_args()
+    # ------------------------------------------------------------------ params
+    def _params(self, args: FlashDecodingArgs, workspace: Workspace,
+                stream: int) -> _capi.FdDecodeParams:
+        """The whole fd_decode_params of one call (args already checked)."""
+        p = _capi.FdDecodeParams.from_buffer_copy(self._problem)
         q, k, v, y = args.q, args.k, args.v, args.y
-        return (q.ptr or None, k.ptr or None, v.ptr or None, y.ptr or None,
-                workspace.ptr or None, workspace.nbytes, b, h, hkv, k_len, d,
-                q.stride[0], q.stride[1], k.stride[0], k.stride[1], k.stride[2],
-                v.stride[0], v.stride[1], v.stride[2], y.stride[0], y.stride[1], self.desc.scale)
-
-    def _params(self, args: FlashDecodingArgs, workspace: Workspace, stream: int):
-        c = self._c_arguments(args, workspace)
-        p = self._problem_params(self.desc, self.pref)
-        p.q, p.k, p.v, p.y, p.workspace, p.workspace_bytes = c[0:6]
-        (p.q_stride_b, p.q_stride_h, p.k_stride_b, p.k_stride_h, p.k_stride_k, p.v_stride_b,
-         p.v_stride_h, p.v_stride_k, p.y_stride_b, p.y_stride_h) = c[11:21]
+        p.q, p.k, p.v, p.y = q.ptr or None, k.ptr or None, v.ptr or None, y.ptr or None
+        p.workspace, p.workspace_bytes = workspace.ptr or None, workspace.nbytes
+        p.q_stride_b, p.q_stride_h = q.stride[0], q.stride[1]
+        p.y_stride_b, p.y_stride_h = y.stride[0], y.stride[1]
+        if args.paged:
+            assert isinstance(args, FlashDecodingPagedArgs)
+            p.k_stride_page, p.k_stride_h, p.k_stride_k = args.kv_strides("k")
+            p.v_stride_page, p.v_stride_h, p.v_stride_k = args.kv_strides("v")
+            p.block_table = _capi.int32_ptr(args.block_table.ptr)
+            p.block_table_stride_b = args.block_table.stride[0]
+        else:
+            p.k_stride_b, p.k_stride_h, p.k_stride_k = k.stride[0], k.stride[1], k.stride[2]
+            p.v_stride_b, p.v_stride_h, p.v_stride_k = v.stride[0], v.stride[1], v.stride[2]
+        if args.lse is not None:
+            p.lse = _capi.float_ptr(args.lse.ptr)
+            p.lse_stride_b, p.lse_stride_h = args.lse.stride[0], args.lse.stride[1]
+        if args.seq_lens is not None:
+            p.seq_lens = _capi.int32_ptr(args.seq_lens.ptr)
+        for field, t in (("sinks", args.sink_logits), ("alibi_slopes", args.alibi_slopes),
+                         ("k_scales", args.k_scales), ("v_scales", args.v_scales)):
+            if t is not None:
+                setattr(p, field, _capi.float_ptr(t.ptr))
         p.stream = stream or None
         return p
 
@@ -252,57 +268,45 @@ class FlashDecodingPlan:
             raise _native.error_for(status, needed=self._workspace_bytes, got=workspace.nbytes)
         raise _native.error_for(status)
 
+    # ------------------------------------------------------------------ checks
     def can_implement(self, args: FlashDecodingArgs,
-                      workspace: Optional[Workspace] = None) -> bool:
-        """True when ``run(stream, workspace, args)`` would launch; otherwise raises
-        the error it would raise (InvalidProblem, Unsupported, InvalidPointer,
+                      workspace: Optional[Workspace] = None) -> None:
+        """Returns None when ``run(stream, workspace, args)`` would launch; otherwise
+        raises the error it would raise (InvalidProblem, Unsupported, InvalidPointer,
         WorkspaceTooSmall). Host-only: no GPU needed. Without ``workspace`` it assumes
         one of workspace_size() bytes."""
-        if not isinstance(args, FlashDecodingArgs):
-            raise TypeError("args must be FlashDecodingArgs")
-        self._python_checks(args)
+        check_args(self.desc, args)
         if workspace is None:
             workspace = (Workspace(_address_after(args), self._workspace_bytes)
                          if self._workspace_bytes else Workspace.none())
         workspace = Workspace.borrowed(workspace)
-        lib = _native.lib()
-        if self.pref.flags:
-            status = lib.fd_decode_check(ctypes.byref(self._params(args, workspace, 0)))
-        else:
-            status = lib.fd_flash_decoding_check(_element_c(self.desc.element),
-                                                 *self._c_arguments(args, workspace))
+        status = _native.lib().fd_decode_check(ctypes.byref(self._params(args, workspace, 0)))
         self._raise_c(status, workspace)
-        return True
 
     # ------------------------------------------------------------------ run
     def run(self, stream: Any, workspace: Optional[Workspace], args: FlashDecodingArgs) -> None:
-        """Launches the decode on ``stream`` (None: the legacy default stream).
-        Asynchronous; the arrays' producer streams are ordered before it."""
+        """Launches the decode on ``stream`` (None: the legacy default stream) with one
+        ``fd_decode``, which checks the call once before it launches. Asynchronous;
+        the arrays' producer streams are ordered before it. A refused call writes
+        nothing."""
         from .cuda import stream_handle
 
-        if not isinstance(args, FlashDecodingArgs):
-            raise TypeError("args must be FlashDecodingArgs")
+        check_args(self.desc, args)
+        self._launch(stream_handle(stream), workspace, args)
+
+    def _launch(self, handle: int, workspace: Optional[Workspace],
+                args: FlashDecodingArgs) -> None:
+        """run() after Python's checks of ``args``: fd_decode on stream ``handle``."""
         workspace = Workspace.none() if workspace is None else Workspace.borrowed(workspace)
-        self._python_checks(args)
-        handle = stream_handle(stream)
+        params = self._params(args, workspace, handle)
         for _name, t in args.tensors():
             t.prepare(handle)
-        lib = _native.lib()
-        if self.pref.flags:
-            status = lib.fd_decode(ctypes.byref(self._params(args, workspace, handle)))
-        else:
-            fn = (lib.fd_flash_decoding_f16_run if self.desc.element is ElementKind.F16
-                  else lib.fd_flash_decoding_bf16_run)
-            if self.desc.element not in (ElementKind.F16, ElementKind.BF16):
-                status = lib.fd_flash_decoding_check(_element_c(self.desc.element),
-                                                     *self._c_arguments(args, workspace))
-                self._raise_c(status, workspace)
-                raise Unsupported(f"element {self.desc.element.short_name} is not run")
-            status = fn(*self._c_arguments(args, workspace), handle or None)
-        self._raise_c(status, workspace)
+        self._raise_c(_c_decode(params), workspace)
 
     def __repr__(self) -> str:
         d = self.desc
+        kv = "" if d.kv_element is None else f"/{d.kv.short_name}"
+        paged = f", paged {d.page_size}x{d.max_pages}" if d.paged else ""
         return (f"FlashDecodingPlan(B={d.batch_size}, H_q={d.num_heads}, H_kv={d.num_kv_heads}, "
-                f"K={d.k_len}, D={d.head_dim}, {d.element.short_name}, cell={self._sku.name!r}, "
-                f"workspace={self._workspace_bytes} B)")
+                f"K={d.k_len}, D={d.head_dim}, {d.element.short_name}{kv}{paged}, "
+                f"cell={self._sku.name!r}, workspace={self._workspace_bytes} B)")

@@ -30,6 +30,24 @@ _TYPESTR_NAMES = {"f2": "float16", "f4": "float32", "f8": "float64", "i1": "int8
                   "u4": "uint32", "i8": "int64", "u8": "uint64", "b1": "bool"}
 
 
+def dtype_name_of(dtype: Any) -> str:
+    """A dtype's canonical name: ElementKind and its aliases by numpy's name
+    ('bf16' -> 'bfloat16', torch.float8_e4m3fn -> 'float8_e4m3fn'), others as numpy
+    names them ('int32'), else the text."""
+    kind = element_from_dtype(dtype)
+    if kind is not None:
+        return kind.dtype_name
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None)
+    if name is None:
+        try:
+            import numpy as np
+
+            name = np.dtype(dtype).name
+        except Exception:
+            name = str(dtype)
+    return str(name).lower().replace("torch.", "")
+
+
 def _strided_memory_view():
     try:
         from cuda.core.utils import StridedMemoryView
@@ -85,10 +103,7 @@ class TensorRef:
             a_shape = tuple(int(n) for n in shape)
             a_stride = (tuple(int(s) for s in stride) if stride is not None
                         else _contiguous_strides(a_shape))
-            dtype_name = None
-            if dtype is not None:
-                kind = dtype if isinstance(dtype, ElementKind) else element_from_dtype(dtype)
-                dtype_name = kind.dtype_name if kind is not None else str(dtype)
+            dtype_name = None if dtype is None else dtype_name_of(dtype)
             shape = stride = None  # consumed
         elif isinstance(data, (DeviceBuffer, DeviceView)):
             if isinstance(data, DeviceBuffer) and data.freed:
@@ -108,9 +123,9 @@ class TensorRef:
             raise InvalidProblem(
                 f"stride {tuple(stride)} given, but the array's strides are {a_stride}")
         if dtype is not None and not isinstance(data, int):
-            kind = ElementKind.parse(dtype)
-            if element_from_dtype(dtype_name) is not kind:
-                raise InvalidProblem(f"dtype {kind.short_name} given, but the array is {dtype_name}")
+            want = dtype_name_of(dtype)
+            if want != dtype_name_of(dtype_name):
+                raise InvalidProblem(f"dtype {want} given, but the array is {dtype_name}")
         if self.writable and readonly:
             raise InvalidPointer("the array behind this TensorMut is read-only")
         self.ptr = int(ptr)
@@ -143,6 +158,8 @@ class TensorRef:
                 view = _view_of(obj, None)
                 info = self._from_view(view)
                 self._source = "smv"
+                if _is_torch_tensor(obj):  # torch's own name (fp8 through DLPack varies)
+                    info = info[:3] + (str(obj.dtype).replace("torch.", ""),) + info[4:]
                 return info
             except InvalidPointer:
                 raise

@@ -1,10 +1,12 @@
 /*
- * GPU cases of the C ABI test: both dtypes on MHA / GQA / MQA shapes and
- * several layouts against the double-precision reference, outputs poisoned with
- * NaN (0xFFFF) first and checked fully written (and nothing written outside the
- * rows), repeated runs bit-identical, fd_decode equal to the plain run, CUDA-graph
- * capture, refused runs leaving y untouched, and the extension fields the
- * library says it supports.
+ * GPU cases of the C ABI test, contiguous caches: both dtypes on MHA / GQA /
+ * MQA shapes, head_dim 1..256 and several layouts against the double-precision
+ * reference, outputs poisoned with NaN (0xFFFF) first and checked fully written
+ * (and nothing written outside the rows), repeated runs bit-identical,
+ * fd_decode equal to the plain run, CUDA-graph capture, refused runs leaving y
+ * and lse untouched, every documented extension field against the reference
+ * (a refusal of one is a failure), and batch invariance. Paged caches are in
+ * gpu_paged.c, fp8 caches in gpu_fp8.c, merge_states in gpu_merge.c.
  *
  * Device memory comes from the CUDA runtime (cuda_runtime_api.h is C-clean);
  * the library carries its own runtime, both work on the device's primary context.
@@ -20,7 +22,7 @@
 
 #if defined(FD_TEST_HAVE_CUDART)
 
-#include <cuda_runtime_api.h>
+#include "gpu_support.h"
 
 int fd_test_gpu_device_count(void) {
   int n = 0;
@@ -31,12 +33,6 @@ int fd_test_gpu_device_count(void) {
   }
   return n;
 }
-
-static int cuda_ok(cudaError_t e, const char* what, const char* file, int line) {
-  return fd_test_check(e == cudaSuccess, file, line, "%s: CUDA error %d: %s", what, (int)e,
-                       cudaGetErrorString(e));
-}
-#define CUDA_OK(expr) cuda_ok((expr), #expr, __FILE__, __LINE__)
 
 /* ---- layouts -------------------------------------------------------------- */
 
@@ -110,71 +106,6 @@ static void make_strides(const gcase* g, strides_t* s) {
   }
 }
 
-/* Elements from the first to one past the last of a strided tensor. */
-static int64_t extent(int64_t B, int64_t H, int64_t K, int64_t D, int64_t sb, int64_t sh,
-                      int64_t sk) {
-  return (B - 1) * sb + (H - 1) * sh + (K > 0 ? (K - 1) * sk : 0) + D;
-}
-
-/* ---- tensors -------------------------------------------------------------------- */
-
-typedef struct tensor {
-  int64_t n;       /* elements, offset included */
-  uint16_t* h;     /* host bits */
-  double* d;       /* host values (exactly the rounded bits), NULL for outputs */
-  void* base;      /* device allocation */
-  void* dev;       /* first element (base + offset) */
-} tensor;
-
-static uint16_t to_bits(int32_t dtype, double x) {
-  return dtype == FD_DTYPE_BF16 ? fd_test_f32_to_bf16((float)x) : fd_test_f32_to_f16((float)x);
-}
-
-static double from_bits(int32_t dtype, uint16_t b) {
-  return dtype == FD_DTYPE_BF16 ? (double)fd_test_bf16_to_f32(b) : (double)fd_test_f16_to_f32(b);
-}
-
-static void tensor_free(tensor* t) {
-  free(t->h);
-  free(t->d);
-  if (t->base) cudaFree(t->base);
-  memset(t, 0, sizeof *t);
-}
-
-/* n elements starting `offset` elements into a fresh device buffer. With rng,
- * filled with amp * uniform values (rounded to dtype) and uploaded. */
-static int tensor_make(tensor* t, int64_t n, int offset, int32_t dtype, uint64_t* rng, double amp) {
-  int64_t i;
-  memset(t, 0, sizeof *t);
-  if (n < 1) n = 1;
-  t->n = n + offset;
-  t->h = (uint16_t*)malloc((size_t)t->n * sizeof(uint16_t));
-  if (rng) t->d = (double*)malloc((size_t)t->n * sizeof(double));
-  if (!CHECK(t->h != NULL && (rng == NULL || t->d != NULL), "host allocation of %ld elements",
-             (long)t->n)) {
-    tensor_free(t);
-    return 0;
-  }
-  if (!CUDA_OK(cudaMalloc(&t->base, (size_t)t->n * sizeof(uint16_t) + 64))) {
-    t->base = NULL;
-    tensor_free(t);
-    return 0;
-  }
-  t->dev = (char*)t->base + (size_t)offset * sizeof(uint16_t);
-  if (rng) {
-    for (i = 0; i < t->n; ++i) {
-      t->h[i] = to_bits(dtype, amp * fd_test_uniform(rng));
-      t->d[i] = from_bits(dtype, t->h[i]);
-    }
-    if (!CUDA_OK(cudaMemcpy(t->base, t->h, (size_t)t->n * sizeof(uint16_t),
-                            cudaMemcpyHostToDevice))) {
-      tensor_free(t);
-      return 0;
-    }
-  }
-  return 1;
-}
-
 /* ---- running ------------------------------------------------------------------- */
 
 static int run_plain(int32_t dtype, const tensor* q, const tensor* k, const tensor* v, tensor* y,
@@ -209,62 +140,8 @@ static void fill_params(fd_decode_params* p, int32_t dtype, const tensor* q, con
   p->stream = stream;
 }
 
-static int sync_stream(void* stream, const char* what) {
-  cudaError_t e = stream ? cudaStreamSynchronize((cudaStream_t)stream) : cudaDeviceSynchronize();
-  return CHECK(e == cudaSuccess, "%s: synchronize: %s", what, cudaGetErrorString(e));
-}
-
-static int poison(tensor* y, void* stream) {
-  return CUDA_OK(cudaMemsetAsync(y->base, 0xFF, (size_t)y->n * sizeof(uint16_t),
-                                 (cudaStream_t)stream));
-}
-
-static int download(tensor* y, uint16_t* dst, void* stream) {
-  if (!CUDA_OK(cudaMemcpyAsync(dst, y->base, (size_t)y->n * sizeof(uint16_t),
-                               cudaMemcpyDeviceToHost, (cudaStream_t)stream))) {
-    return 0;
-  }
-  return sync_stream(stream, "download");
-}
-
-/* Compares y (bits, over the whole buffer) with the reference: rows written and
- * finite, everything else still 0xFFFF, relative L2 error within tol. */
-static void compare(const char* what, int32_t dtype, const uint16_t* yb, const double* yref,
-                    const unsigned char* mask, int64_t n, double tol) {
-  int64_t i, unwritten = 0, clobbered = 0;
-  double num = 0.0, den = 0.0;
-  for (i = 0; i < n; ++i) {
-    if (mask[i]) {
-      double val = from_bits(dtype, yb[i]);
-      if (!isfinite(val)) {
-        ++unwritten;
-        continue;
-      }
-      num += (val - yref[i]) * (val - yref[i]);
-      den += yref[i] * yref[i];
-    } else if (yb[i] != 0xFFFFu) {
-      ++clobbered;
-    }
-  }
-  CHECK(unwritten == 0, "%s: %ld output elements not written (still NaN) or not finite", what,
-        (long)unwritten);
-  CHECK(clobbered == 0, "%s: %ld elements outside y's rows were written", what, (long)clobbered);
-  if (den == 0.0) {
-    CHECK(num == 0.0, "%s: reference is all zeros, y is not (sum sq %g)", what, num);
-  } else {
-    double rel = sqrt(num / den);
-    CHECK(rel <= tol, "%s: relative error %.3e > %.1e", what, rel, tol);
-  }
-}
-
 static unsigned char* row_mask(const gcase* g, const strides_t* s, int64_t n, int offset) {
-  unsigned char* m = (unsigned char*)calloc((size_t)n, 1);
-  int64_t b, h, d;
-  if (m == NULL) return NULL;
-  for (b = 0; b < g->B; ++b)
-    for (h = 0; h < g->H; ++h)
-      for (d = 0; d < g->D; ++d) m[offset + b * s->y_sb + h * s->y_sh + d] = 1;
-  return m;
+  return rows_mask(g->B, g->H, g->D, s->y_sb, s->y_sh, n, offset);
 }
 
 static uint64_t g_seed = 1;
@@ -283,7 +160,7 @@ static void gpu_case(int32_t dtype, const gcase* g) {
   int st;
   uint64_t rng = 0x1234567ull + 7919ull * (g_seed++);
   int64_t nq, nk, nv, ny;
-  double tol = dtype == FD_DTYPE_BF16 ? 1e-2 : 2e-3;
+  double tol = y_tolerance(dtype);
   fd_ref_problem rp;
   const char* lname[] = {"contig", "nhd-pad", "odd", "y-hbd", "broadcast", "kv-slice"};
 
@@ -370,9 +247,16 @@ static void gpu_case(int32_t dtype, const gcase* g) {
               (int)plan.chunk_len, (int)g->K);
       }
       if (plan.num_splits > 1) {
-        CHECK(ws_bytes > 0, "%s: plan splits %d ways but the workspace size is 0", what,
-              (int)plan.num_splits);
+        CHECK(ws_bytes > 0 && plan.merge_kernel == 1,
+              "%s: plan splits %d ways but the workspace size is %lu, merge_kernel %d", what,
+              (int)plan.num_splits, (unsigned long)ws_bytes, (int)plan.merge_kernel);
       }
+      CHECK(plan.cluster_size == 1 && (plan.warps_per_cta == 4 || plan.warps_per_cta == 8) &&
+                plan.ctas >= (g->K > 0 ? 1 : 0) && (plan.vectorized == 0 || plan.vectorized == 1) &&
+                plan.ctas_per_sm >= 0,
+            "%s: plan cluster_size=%d warps_per_cta=%d ctas=%d vectorized=%d ctas_per_sm=%d",
+            what, (int)plan.cluster_size, (int)plan.warps_per_cta, (int)plan.ctas,
+            (int)plan.vectorized, (int)plan.ctas_per_sm);
     }
   }
 
@@ -437,6 +321,7 @@ static void gpu_graph_case(int32_t dtype) {
   }
   ws_bytes = fd_flash_decoding_workspace_size(1, 32, 8, 4096, 128);
   if (ws_bytes && !CUDA_OK(cudaMalloc(&ws, ws_bytes))) { ws = NULL; goto done; }
+  if (ws_bytes && !CUDA_OK(cudaMemset(ws, 0xFF, ws_bytes))) goto done;
   if (!CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking))) { stream = NULL; goto done; }
   y1 = (uint16_t*)malloc((size_t)y.n * sizeof(uint16_t));
   y2 = (uint16_t*)malloc((size_t)y.n * sizeof(uint16_t));
@@ -473,7 +358,9 @@ done:
   free(y1); free(y2);
 }
 
-/* Refused runs on real buffers write nothing: y (and q, for y == q) unchanged. */
+/* Refused runs on real buffers write nothing: y, lse (and q, for y == q)
+ * unchanged, through the plain entry points and through fd_decode with each
+ * kind of bad extension field. */
 static void gpu_refusals_leave_y(int32_t dtype) {
   gcase g = {1, 32, 8, 4096, 128, L_CONTIG, -1.0, 0, 0};
   strides_t s;
@@ -525,6 +412,59 @@ static void gpu_refusals_leave_y(int32_t dtype) {
     st = run_plain(dtype, &q, &k, &v, &alias, ws, need, &g, &s, scale, NULL);
     CHECK(st == FD_STATUS_INVALID_POINTER, "[%s] y == q on device = %d", tag, st);
   }
+  {
+    /* fd_decode with an lse output, each case one bad field. */
+    struct { const char* what; int which; int status; } bad[] = {
+      {"sink_tokens=-1", 0, FD_STATUS_INVALID_PROBLEM},
+      {"page_size without a block table", 1, FD_STATUS_INVALID_PROBLEM},
+      {"kv_dtype=7", 2, FD_STATUS_INVALID_PROBLEM},
+      {"k_scale with a 16-bit cache", 3, FD_STATUS_UNSUPPORTED},
+      {"head_dim=257", 4, FD_STATUS_UNSUPPORTED},
+      {"unknown flag bit", 5, FD_STATUS_UNSUPPORTED},
+      {"lse_stride_h=0", 6, FD_STATUS_INVALID_PROBLEM},
+      {"workspace one byte short", 7, FD_STATUS_WORKSPACE_TOO_SMALL},
+      {"block table with page_size 0", 8, FD_STATUS_INVALID_PROBLEM},
+      {"window_size=-1", 9, FD_STATUS_INVALID_PROBLEM},
+    };
+    float lse_h[32], lse_back[32];
+    float* dlse = NULL;
+    int32_t* dtable = NULL;
+    int32_t table[4] = {0, 1, 2, 3};
+    size_t i;
+    for (i = 0; i < 32; ++i) lse_h[i] = 1000.0f + (float)i;
+    dlse = (float*)device_copy(lse_h, sizeof lse_h);
+    dtable = (int32_t*)device_copy(table, sizeof table);
+    for (i = 0; dlse && dtable && i < sizeof bad / sizeof bad[0]; ++i) {
+      fd_decode_params p;
+      fill_params(&p, dtype, &q, &k, &v, &y, ws, need, &g, &s, scale, NULL);
+      p.lse = dlse;
+      p.lse_stride_b = 32;
+      p.lse_stride_h = 1;
+      switch (bad[i].which) {
+        case 0: p.sink_tokens = -1; p.window_size = 8; break;
+        case 1: p.page_size = 16; break;
+        case 2: p.kv_dtype = 7; break;
+        case 3: p.k_scale = 2.0f; break;
+        case 4: p.head_dim = 257; break;
+        case 5: p.flags = 0x4u; break;
+        case 6: p.lse_stride_h = 0; p.lse_stride_b = 0; break;
+        case 7: p.workspace_bytes = need - 1; break;
+        case 8: p.block_table = dtable; p.max_pages = 4; p.num_pages = 4; p.k_stride_b = 0;
+                p.v_stride_b = 0; break;
+        default: p.window_size = -1; break;
+      }
+      st = fd_decode(&p);
+      CHECK(st == bad[i].status, "[%s] fd_decode with %s on device = %d (%s), expected %d", tag,
+            bad[i].what, st, fd_last_error_message(), bad[i].status);
+    }
+    if (dlse && CUDA_OK(cudaDeviceSynchronize()) &&
+        CUDA_OK(cudaMemcpy(lse_back, dlse, sizeof lse_back, cudaMemcpyDeviceToHost))) {
+      CHECK(memcmp(lse_back, lse_h, sizeof lse_h) == 0, "[%s] a refused fd_decode changed lse",
+            tag);
+    }
+    if (dlse) cudaFree(dlse);
+    if (dtable) cudaFree(dtable);
+  }
   if (!CUDA_OK(cudaDeviceSynchronize())) goto done;
   if (CUDA_OK(cudaMemcpy(back, y.base, (size_t)y.n * sizeof(uint16_t), cudaMemcpyDeviceToHost))) {
     CHECK(memcmp(back, y.h, (size_t)y.n * sizeof(uint16_t)) == 0,
@@ -543,23 +483,26 @@ done:
   tensor_free(&q); tensor_free(&k); tensor_free(&v); tensor_free(&y);
 }
 
-/* Extension fields the library accepts must be honoured ("nothing is silently
- * ignored"): each one alone (and seq_lens with a window) against the reference,
- * LSE output alongside where its value does not depend on an unstated
- * convention. A field the library refuses must be refused as UNSUPPORTED. */
-enum { X_LSE, X_SEQ_LENS, X_WINDOW, X_WINDOW0, X_SEQ_WINDOW, X_SINKS, X_ALIBI, X_SOFTCAP, X_COUNT };
+/* Every documented extension field is honoured: each one alone (and the
+ * combinations an engine uses) against the reference, y and lse. A refusal of
+ * any of them is a failure. */
+enum {
+  X_LSE, X_SEQ_LENS, X_SEQ_CLAMP, X_WINDOW, X_WINDOW0, X_SEQ_WINDOW, X_SINK_TOKENS,
+  X_SINK_TOKENS_NO_WINDOW, X_SINKS, X_ALIBI, X_SOFTCAP, X_BATCH_INVARIANT, X_ALL, X_COUNT
+};
 
-static void gpu_extensions(int32_t dtype, int32_t K) {
-  gcase g = {3, 8, 2, 0, 64, L_CONTIG, -1.0, 0, 0};
+static void gpu_extensions(int32_t dtype, int32_t K, int32_t D) {
+  gcase g = {3, 8, 2, 0, 0, L_CONTIG, -1.0, 0, 0};
   strides_t s;
   tensor q, k, v, y;
   void* ws = NULL;
-  size_t ws_bytes;
+  size_t ws_bytes = 0;
   float* dlse = NULL;
   int32_t* dlens = NULL;
+  int32_t* dlens_clamp = NULL;
   float* dsinks = NULL;
   float* dalibi = NULL;
-  int32_t lens[3];
+  int32_t lens[3], lens_clamp[3];
   float sinks_f[8], alibi_f[8];
   double sinks_d[8], alibi_d[8];
   float lse_h[24];
@@ -567,18 +510,22 @@ static void gpu_extensions(int32_t dtype, int32_t K) {
   uint16_t* yb = NULL;
   double* yref = NULL;
   unsigned char* mask = NULL;
-  uint64_t rng = 777;
+  uint64_t rng = 777 + (uint64_t)D;
   float scale = 0.125f;
   fd_decode_params p;
   fd_ref_problem rp;
   int st, x, i;
   const char* tag = dtype == FD_DTYPE_BF16 ? "bf16" : "f16";
-  const char* xname[X_COUNT] = {"lse", "seq_lens", "window_size=38", "window_size=1",
-                                "seq_lens+window_size=21", "sinks", "alibi_slopes",
-                                "logits_soft_cap"};
-  double tol = dtype == FD_DTYPE_BF16 ? 1e-2 : 2e-3;
+  const char* xname[X_COUNT] = {
+      "lse", "seq_lens", "seq_lens outside [0, k_len] (clamped)", "window_size=38",
+      "window_size=1", "seq_lens+window_size=21", "window_size=21+sink_tokens=3",
+      "sink_tokens=5 without a window", "sinks", "alibi_slopes", "logits_soft_cap",
+      "batch_invariant", "all at once"};
+  double tol = y_tolerance(dtype);
   g.K = K;
+  g.D = D;
   lens[0] = K; lens[1] = 0; lens[2] = K > 0 ? K / 2 + 1 : 0; /* each in [0, k_len] */
+  lens_clamp[0] = K + 100; lens_clamp[1] = -3; lens_clamp[2] = K > 0 ? K - 1 : 0;
   for (i = 0; i < 8; ++i) {
     sinks_f[i] = 0.75f * (float)i - 2.0f;
     alibi_f[i] = (float)pow(2.0, -8.0 * (i + 1) / 8.0) * 4.0f;
@@ -588,28 +535,23 @@ static void gpu_extensions(int32_t dtype, int32_t K) {
   make_strides(&g, &s);
   memset(&q, 0, sizeof q); memset(&k, 0, sizeof k); memset(&v, 0, sizeof v);
   memset(&y, 0, sizeof y);
-  if (!tensor_make(&q, extent(3, 8, 1, 64, s.q_sb, s.q_sh, 0), 0, dtype, &rng, 2.0) ||
-      !tensor_make(&k, extent(3, 2, K, 64, s.k_sb, s.k_sh, s.k_sk), 0, dtype, &rng, 1.0) ||
-      !tensor_make(&v, extent(3, 2, K, 64, s.v_sb, s.v_sh, s.v_sk), 0, dtype, &rng, 1.0) ||
-      !tensor_make(&y, extent(3, 8, 1, 64, s.y_sb, s.y_sh, 0), 0, dtype, NULL, 0.0)) {
+  if (!tensor_make(&q, extent(3, 8, 1, D, s.q_sb, s.q_sh, 0), 0, dtype, &rng, 2.0) ||
+      !tensor_make(&k, extent(3, 2, K, D, s.k_sb, s.k_sh, s.k_sk), 0, dtype, &rng, 1.0) ||
+      !tensor_make(&v, extent(3, 2, K, D, s.v_sb, s.v_sh, s.v_sk), 0, dtype, &rng, 1.0) ||
+      !tensor_make(&y, extent(3, 8, 1, D, s.y_sb, s.y_sh, 0), 0, dtype, NULL, 0.0)) {
     goto done;
   }
-  ws_bytes = fd_flash_decoding_workspace_size(3, 8, 2, K, 64);
-  if (ws_bytes && !CUDA_OK(cudaMalloc(&ws, ws_bytes))) { ws = NULL; goto done; }
   if (!CUDA_OK(cudaMalloc((void**)&dlse, sizeof lse_h))) { dlse = NULL; goto done; }
-  if (!CUDA_OK(cudaMalloc((void**)&dlens, sizeof lens))) { dlens = NULL; goto done; }
-  if (!CUDA_OK(cudaMalloc((void**)&dsinks, sizeof sinks_f))) { dsinks = NULL; goto done; }
-  if (!CUDA_OK(cudaMalloc((void**)&dalibi, sizeof alibi_f))) { dalibi = NULL; goto done; }
-  if (!CUDA_OK(cudaMemcpy(dlens, lens, sizeof lens, cudaMemcpyHostToDevice)) ||
-      !CUDA_OK(cudaMemcpy(dsinks, sinks_f, sizeof sinks_f, cudaMemcpyHostToDevice)) ||
-      !CUDA_OK(cudaMemcpy(dalibi, alibi_f, sizeof alibi_f, cudaMemcpyHostToDevice))) {
-    goto done;
-  }
+  dlens = (int32_t*)device_copy(lens, sizeof lens);
+  dlens_clamp = (int32_t*)device_copy(lens_clamp, sizeof lens_clamp);
+  dsinks = (float*)device_copy(sinks_f, sizeof sinks_f);
+  dalibi = (float*)device_copy(alibi_f, sizeof alibi_f);
+  if (!dlens || !dlens_clamp || !dsinks || !dalibi) goto done;
   yb = (uint16_t*)malloc((size_t)y.n * sizeof(uint16_t));
   yref = (double*)calloc((size_t)y.n, sizeof(double));
   mask = row_mask(&g, &s, y.n, 0);
   if (!CHECK(yb && yref && mask, "host allocation")) goto done;
-  rp.batch_size = 3; rp.num_heads = 8; rp.num_kv_heads = 2; rp.k_len = K; rp.head_dim = 64;
+  rp.batch_size = 3; rp.num_heads = 8; rp.num_kv_heads = 2; rp.k_len = K; rp.head_dim = D;
   rp.q_stride_b = s.q_sb; rp.q_stride_h = s.q_sh;
   rp.k_stride_b = s.k_sb; rp.k_stride_h = s.k_sh; rp.k_stride_k = s.k_sk;
   rp.v_stride_b = s.v_sb; rp.v_stride_h = s.v_sh; rp.v_stride_k = s.v_sk;
@@ -617,41 +559,45 @@ static void gpu_extensions(int32_t dtype, int32_t K) {
 
   for (x = 0; x < X_COUNT; ++x) {
     fd_ref_ext ext;
-    int lse_on, lse_cmp;
-    char what[128];
-    float sc = x == X_SOFTCAP ? 0.5f : scale;
-    snprintf(what, sizeof what, "[%s] K=%d extension %s", tag, (int)K, xname[x]);
+    char what[160];
+    size_t need = 0;
+    int all = x == X_ALL;
+    float sc = (x == X_SOFTCAP || all) ? 0.5f : scale;
+    snprintf(what, sizeof what, "[%s] K=%d D=%d extension %s", tag, (int)K, (int)D, xname[x]);
     memset(&ext, 0, sizeof ext);
-    fill_params(&p, dtype, &q, &k, &v, &y, ws, ws_bytes, &g, &s, sc, NULL);
+    fill_params(&p, dtype, &q, &k, &v, &y, NULL, 0, &g, &s, sc, NULL);
     p.lse = dlse; p.lse_stride_b = 8; p.lse_stride_h = 1;
-    lse_on = fd_decode_check(&p) == FD_STATUS_SUCCESS;
-    if (!lse_on) {
-      p.lse = NULL; p.lse_stride_b = p.lse_stride_h = 0;
-      if (x == X_LSE) {
-        printf("  %s: unsupported, GPU check skipped\n", what);
-        continue;
-      }
+    if (x == X_SEQ_LENS || x == X_SEQ_WINDOW || x == X_SINK_TOKENS || all) {
+      p.seq_lens = dlens; ext.seq_lens = lens;
     }
-    switch (x) {
-      case X_SEQ_LENS: p.seq_lens = dlens; ext.seq_lens = lens; break;
-      case X_WINDOW: p.window_size = 38; ext.window_size = 38; break;
-      case X_WINDOW0: p.window_size = 1; ext.window_size = 1; break;
-      case X_SEQ_WINDOW:
-        p.seq_lens = dlens; ext.seq_lens = lens; p.window_size = 21; ext.window_size = 21;
-        break;
-      case X_SINKS: p.sinks = dsinks; ext.sinks = sinks_d; break;
-      case X_ALIBI: p.alibi_slopes = dalibi; ext.alibi = alibi_d; break;
-      case X_SOFTCAP: p.logits_soft_cap = 2.0f; ext.soft_cap = 2.0; break;
-      default: break;
+    if (x == X_SEQ_CLAMP) { p.seq_lens = dlens_clamp; ext.seq_lens = lens_clamp; }
+    if (x == X_WINDOW) { p.window_size = 38; ext.window_size = 38; }
+    if (x == X_WINDOW0) { p.window_size = 1; ext.window_size = 1; }
+    if (x == X_SEQ_WINDOW || x == X_SINK_TOKENS || all) { p.window_size = 21; ext.window_size = 21; }
+    if (x == X_SINK_TOKENS || all) { p.sink_tokens = 3; ext.sink_tokens = 3; }
+    if (x == X_SINK_TOKENS_NO_WINDOW) { p.sink_tokens = 5; ext.sink_tokens = 5; }
+    if (x == X_SINKS || all) { p.sinks = dsinks; ext.sinks = sinks_d; }
+    if (x == X_ALIBI || all) { p.alibi_slopes = dalibi; ext.alibi = alibi_d; }
+    if (x == X_SOFTCAP || all) { p.logits_soft_cap = 2.0f; ext.soft_cap = 2.0; }
+    if (x == X_BATCH_INVARIANT || all) p.flags = FD_FLAG_BATCH_INVARIANT;
+    st = fd_decode_workspace_size(&p, &need);
+    if (!CHECK(st == FD_STATUS_SUCCESS, "%s: fd_decode_workspace_size = %d (%s)", what, st,
+               fd_last_error_message())) {
+      continue;
     }
-    /* The LSE's value with a sink or ALiBi depends on conventions the header
-     * leaves open (sink in the denominator? bias relative to which key?). */
-    lse_cmp = lse_on && x != X_SINKS && x != X_ALIBI;
+    if (need > ws_bytes) {
+      if (ws) cudaFree(ws);
+      ws = NULL;
+      ws_bytes = 0;
+      if (!CUDA_OK(cudaMalloc(&ws, need))) { ws = NULL; goto done; }
+      ws_bytes = need;
+    }
+    if (ws && !CUDA_OK(cudaMemset(ws, 0xFF, ws_bytes))) goto done;
+    p.workspace = ws;
+    p.workspace_bytes = ws_bytes;
     st = fd_decode_check(&p);
-    if (st != FD_STATUS_SUCCESS) {
-      CHECK(st == FD_STATUS_UNSUPPORTED, "%s: refused with %d (%s)", what, st,
-            fd_last_error_message());
-      printf("  %s: unsupported, GPU check skipped\n", what);
+    if (!CHECK(st == FD_STATUS_SUCCESS, "%s: refused with %d (%s): a documented feature", what,
+               st, fd_last_error_message())) {
       continue;
     }
     rp.scale = (double)sc;
@@ -666,27 +612,134 @@ static void gpu_extensions(int32_t dtype, int32_t K) {
     }
     if (!download(&y, yb, NULL)) goto done;
     compare(what, dtype, yb, yref, mask, y.n, tol);
-    if (lse_cmp) {
-      if (!CUDA_OK(cudaMemcpy(lse_h, dlse, sizeof lse_h, cudaMemcpyDeviceToHost))) goto done;
-      for (i = 0; i < 24; ++i) {
-        if (isinf(lse_ref[i])) {
-          CHECK(isinf(lse_h[i]) && lse_h[i] < 0, "%s: lse[%d] = %g, expected -inf", what, i,
-                (double)lse_h[i]);
-        } else {
-          CHECK(fabs((double)lse_h[i] - lse_ref[i]) <= 1e-3 * (1.0 + fabs(lse_ref[i])),
-                "%s: lse[%d] = %.6f, reference %.6f", what, i, (double)lse_h[i], lse_ref[i]);
-        }
-      }
-    }
+    if (!CUDA_OK(cudaMemcpy(lse_h, dlse, sizeof lse_h, cudaMemcpyDeviceToHost))) goto done;
+    compare_lse(what, lse_h, lse_ref, 24);
   }
 done:
   if (ws) cudaFree(ws);
   if (dlse) cudaFree(dlse);
   if (dlens) cudaFree(dlens);
+  if (dlens_clamp) cudaFree(dlens_clamp);
   if (dsinks) cudaFree(dsinks);
   if (dalibi) cudaFree(dalibi);
   tensor_free(&q); tensor_free(&k); tensor_free(&v); tensor_free(&y);
   free(yb); free(yref); free(mask);
+}
+
+/* FD_FLAG_BATCH_INVARIANT: each sequence of a batch of 5 (ragged lengths)
+ * gives the same bits as the same sequence decoded alone (B = 1, pointers
+ * into the batch's buffers), for y and lse; and the batch is right. */
+static void gpu_batch_invariance(int32_t dtype) {
+  gcase g = {5, 16, 4, 3000, 128, L_CONTIG, -1.0, 0, 0};
+  strides_t s;
+  tensor q, k, v, y, y1;
+  void* ws = NULL;
+  size_t need = 0, need1 = 0;
+  int32_t lens[5] = {3000, 1, 2048, 513, 0};
+  int32_t* dlens = NULL;
+  float* dlse = NULL;
+  float* dlse1 = NULL;
+  float lse_h[5 * 16], lse1[16];
+  double lse_ref[5 * 16];
+  uint16_t *yb = NULL, *y1b = NULL;
+  double* yref = NULL;
+  unsigned char* mask = NULL;
+  uint64_t rng = 31337;
+  float scale = (float)(1.0 / sqrt(128.0));
+  fd_decode_params p, p1;
+  fd_ref_problem rp;
+  fd_ref_ext ext;
+  int st, b;
+  const char* tag = dtype == FD_DTYPE_BF16 ? "bf16" : "f16";
+  char what[128];
+  make_strides(&g, &s);
+  memset(&q, 0, sizeof q); memset(&k, 0, sizeof k); memset(&v, 0, sizeof v);
+  memset(&y, 0, sizeof y); memset(&y1, 0, sizeof y1);
+  if (!tensor_make(&q, extent(5, 16, 1, 128, s.q_sb, s.q_sh, 0), 0, dtype, &rng, 2.0) ||
+      !tensor_make(&k, extent(5, 4, 3000, 128, s.k_sb, s.k_sh, s.k_sk), 0, dtype, &rng, 1.0) ||
+      !tensor_make(&v, extent(5, 4, 3000, 128, s.v_sb, s.v_sh, s.v_sk), 0, dtype, &rng, 1.0) ||
+      !tensor_make(&y, extent(5, 16, 1, 128, s.y_sb, s.y_sh, 0), 0, dtype, NULL, 0.0) ||
+      !tensor_make(&y1, extent(1, 16, 1, 128, s.y_sb, s.y_sh, 0), 0, dtype, NULL, 0.0)) {
+    goto done;
+  }
+  dlens = (int32_t*)device_copy(lens, sizeof lens);
+  if (!dlens || !CUDA_OK(cudaMalloc((void**)&dlse, sizeof lse_h)) ||
+      !CUDA_OK(cudaMalloc((void**)&dlse1, sizeof lse1))) {
+    goto done;
+  }
+  fill_params(&p, dtype, &q, &k, &v, &y, NULL, 0, &g, &s, scale, NULL);
+  p.flags = FD_FLAG_BATCH_INVARIANT;
+  p.seq_lens = dlens;
+  p.lse = dlse; p.lse_stride_b = 16; p.lse_stride_h = 1;
+  p1 = p;
+  p1.batch_size = 1;
+  st = fd_decode_workspace_size(&p, &need);
+  CHECK(st == FD_STATUS_SUCCESS && fd_decode_workspace_size(&p1, &need1) == FD_STATUS_SUCCESS,
+        "[%s] batch invariance: workspace size %d (%s)", tag, st, fd_last_error_message());
+  if (need1 > need) need = need1;
+  if (need && !CUDA_OK(cudaMalloc(&ws, need))) { ws = NULL; goto done; }
+  if (need && !CUDA_OK(cudaMemset(ws, 0xFF, need))) goto done;
+  p.workspace = p1.workspace = ws;
+  p.workspace_bytes = p1.workspace_bytes = need;
+  yb = (uint16_t*)malloc(tensor_bytes(&y));
+  y1b = (uint16_t*)malloc(tensor_bytes(&y1));
+  yref = (double*)calloc((size_t)y.n, sizeof(double));
+  mask = row_mask(&g, &s, y.n, 0);
+  if (!CHECK(yb && y1b && yref && mask, "host allocation")) goto done;
+
+  if (!poison(&y, NULL)) goto done;
+  st = fd_decode(&p);
+  if (!CHECK(st == FD_STATUS_SUCCESS, "[%s] batch-invariant B=5: %d (%s)", tag, st,
+             fd_last_error_message())) {
+    goto done;
+  }
+  if (!download(&y, yb, NULL) ||
+      !CUDA_OK(cudaMemcpy(lse_h, dlse, sizeof lse_h, cudaMemcpyDeviceToHost))) {
+    goto done;
+  }
+  memset(&rp, 0, sizeof rp);
+  rp.batch_size = 5; rp.num_heads = 16; rp.num_kv_heads = 4; rp.k_len = 3000; rp.head_dim = 128;
+  rp.q_stride_b = s.q_sb; rp.q_stride_h = s.q_sh;
+  rp.k_stride_b = s.k_sb; rp.k_stride_h = s.k_sh; rp.k_stride_k = s.k_sk;
+  rp.v_stride_b = s.v_sb; rp.v_stride_h = s.v_sh; rp.v_stride_k = s.v_sk;
+  rp.y_stride_b = s.y_sb; rp.y_stride_h = s.y_sh;
+  rp.scale = (double)scale;
+  memset(&ext, 0, sizeof ext);
+  ext.seq_lens = lens;
+  fd_reference_decode(&rp, q.d, k.d, v.d, &ext, yref, lse_ref, 16, 1);
+  snprintf(what, sizeof what, "[%s] batch-invariant B=5 ragged", tag);
+  compare(what, dtype, yb, yref, mask, y.n, y_tolerance(dtype));
+  compare_lse(what, lse_h, lse_ref, 5 * 16);
+  for (b = 0; b < 5; ++b) {
+    p1.q = (const uint16_t*)q.dev + b * s.q_sb;
+    p1.k = (const uint16_t*)k.dev + b * s.k_sb;
+    p1.v = (const uint16_t*)v.dev + b * s.v_sb;
+    p1.y = y1.dev;
+    p1.seq_lens = dlens + b;
+    p1.lse = dlse1;
+    if (!poison(&y1, NULL)) goto done;
+    st = fd_decode(&p1);
+    if (!CHECK(st == FD_STATUS_SUCCESS, "[%s] batch-invariant B=1 (sequence %d): %d (%s)", tag, b,
+               st, fd_last_error_message())) {
+      continue;
+    }
+    if (!download(&y1, y1b, NULL) ||
+        !CUDA_OK(cudaMemcpy(lse1, dlse1, sizeof lse1, cudaMemcpyDeviceToHost))) {
+      goto done;
+    }
+    CHECK(memcmp(y1b, yb + b * s.y_sb, 16 * 128 * sizeof(uint16_t)) == 0,
+          "[%s] batch invariance: sequence %d (length %d) alone differs from its row in B=5", tag,
+          b, (int)lens[b]);
+    CHECK(memcmp(lse1, lse_h + b * 16, sizeof lse1) == 0,
+          "[%s] batch invariance: sequence %d's lse alone differs from B=5", tag, b);
+  }
+done:
+  if (ws) cudaFree(ws);
+  if (dlens) cudaFree(dlens);
+  if (dlse) cudaFree(dlse);
+  if (dlse1) cudaFree(dlse1);
+  tensor_free(&q); tensor_free(&k); tensor_free(&v); tensor_free(&y); tensor_free(&y1);
+  free(yb); free(y1b); free(yref); free(mask);
 }
 
 void fd_test_gpu_cases(void) {
@@ -694,7 +747,7 @@ void fd_test_gpu_cases(void) {
   int32_t heads[][2] = {{8, 8}, {32, 8}, {8, 1}};
   int32_t batches[] = {2, 1, 3};
   int32_t klens[] = {0, 1, 257, 4096};
-  int32_t dims[] = {64, 72, 128};
+  int32_t dims[] = {64, 72, 128, 256};
   gcase extra[] = {
     {1, 32, 8, 257, 72, L_NHD_PAD, -1.0, 1, 0},
     {7, 8, 8, 257, 7, L_ODD, -1.0, 0, 0},
@@ -708,12 +761,23 @@ void fd_test_gpu_cases(void) {
     {1, 32, 8, 33000, 128, L_CONTIG, -1.0, 1, 0},
     {8, 28, 4, 7, 128, L_CONTIG, -1.0, 0, 0},
     {2, 8, 2, 257, 64, L_CONTIG, -1.0, 0, 1},    /* 2-byte aligned pointers */
+    /* head_dim above 128: every bucket, tails masked, several layouts */
+    {2, 16, 8, 1000, 136, L_CONTIG, -1.0, 0, 0},
+    {3, 16, 8, 257, 160, L_NHD_PAD, -1.0, 1, 0},
+    {2, 8, 1, 4096, 192, L_CONTIG, -1.0, 0, 0},
+    {3, 8, 1, 257, 200, L_ODD, -1.0, 0, 0},
+    {1, 16, 8, 8192, 256, L_CONTIG, -1.0, 1, 0},
+    {2, 32, 32, 33, 256, L_KV_SLICE, -1.0, 0, 0},
+    {4, 16, 8, 0, 256, L_CONTIG, -1.0, 0, 0},
+    {2, 8, 2, 300, 255, L_Y_HBD, -1.0, 0, 0},
   };
   size_t t, hh, kk, dd, e;
+  /* FD_TEST_QUICK=1 (the sanitizer runs): without the caches over 8192 keys. */
+  int quick = fd_test_env_flag("FD_TEST_QUICK");
   for (t = 0; t < 2; ++t) {
     for (hh = 0; hh < 3; ++hh)
       for (kk = 0; kk < 4; ++kk)
-        for (dd = 0; dd < 3; ++dd) {
+        for (dd = 0; dd < 4; ++dd) {
           gcase g;
           memset(&g, 0, sizeof g);
           g.B = batches[hh]; g.H = heads[hh][0]; g.Hkv = heads[hh][1];
@@ -721,12 +785,22 @@ void fd_test_gpu_cases(void) {
           g.use_stream = (int)((kk + dd) & 1);
           gpu_case(dts[t], &g);
         }
-    for (e = 0; e < sizeof extra / sizeof extra[0]; ++e) gpu_case(dts[t], &extra[e]);
+    for (e = 0; e < sizeof extra / sizeof extra[0]; ++e) {
+      if (!quick || extra[e].K <= 8192) gpu_case(dts[t], &extra[e]);
+    }
     gpu_graph_case(dts[t]);
     gpu_refusals_leave_y(dts[t]);
-    gpu_extensions(dts[t], 300);
-    gpu_extensions(dts[t], 5000); /* split: the merge must apply them too */
-    gpu_extensions(dts[t], 0);
+    gpu_extensions(dts[t], 300, 64);
+    gpu_extensions(dts[t], 5000, 128); /* split: the merge must apply them too */
+    gpu_extensions(dts[t], 0, 64);
+    gpu_extensions(dts[t], 2000, 256);
+    gpu_batch_invariance(dts[t]);
+    printf("  [%s] paged KV\n", dts[t] == FD_DTYPE_F16 ? "f16" : "bf16");
+    fd_test_gpu_paged(dts[t]);
+    printf("  [%s] fp8 KV\n", dts[t] == FD_DTYPE_F16 ? "f16" : "bf16");
+    fd_test_gpu_fp8(dts[t]);
+    printf("  [%s] merge_states\n", dts[t] == FD_DTYPE_F16 ? "f16" : "bf16");
+    fd_test_gpu_merge(dts[t]);
   }
 }
 

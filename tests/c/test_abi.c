@@ -4,11 +4,14 @@
  * Host part (no GPU needed): version, status strings, error messages, workspace
  * sizes, every refusal with its status in the validation order
  * problem -> workspace -> pointers -> launch, agreement of the host-only checks
- * with the run functions, the size-versioned params struct, the kernel table.
- * Pointer-level cases use fake, never dereferenced, addresses.
+ * with the run functions, the size-versioned params struct, the extension
+ * fields the header documents (each one accepted), the kernel table; the 0.2
+ * features (paged KV, fp8 KV, sink tokens, merge_states, cell info) in
+ * host_features.c. Pointer-level cases use fake, never dereferenced, addresses.
  *
- * GPU part (gpu_cases.c): runs both dtypes against a double-precision reference
- * when a device is present; otherwise it says that it skips them.
+ * GPU part (gpu_*.c): every documented feature against a double-precision
+ * reference when a device is present; otherwise it says that it skips them,
+ * and with FD_REQUIRE_GPU=1 (a GPU machine's check) a missing device fails.
  *
  * Prints "N passed, M failed" last; exits non-zero on any failure.
  */
@@ -29,8 +32,6 @@
 #if defined(FD_TEST_HAVE_THREADS)
 #  include <pthread.h>
 #endif
-
-static int g_have_gpu = 0;
 
 /* ---- one call, as the plain entry points take it --------------------------- */
 
@@ -146,48 +147,6 @@ static void to_params(const call_t* c, fd_decode_params* p) {
   p->stream = NULL;
 }
 
-static const char* status_name(int s) {
-  switch (s) {
-    case FD_STATUS_SUCCESS: return "SUCCESS";
-    case FD_STATUS_INVALID_PROBLEM: return "INVALID_PROBLEM";
-    case FD_STATUS_UNSUPPORTED: return "UNSUPPORTED";
-    case FD_STATUS_WORKSPACE_TOO_SMALL: return "WORKSPACE_TOO_SMALL";
-    case FD_STATUS_INVALID_POINTER: return "INVALID_POINTER";
-    case FD_STATUS_CUDA_ERROR: return "CUDA_ERROR";
-    default: return "?";
-  }
-}
-
-static char g_msg[2048];
-
-static const char* last_msg(void) {
-  const char* m = fd_last_error_message();
-  if (m == NULL) {
-    CHECK(0, "fd_last_error_message() returned NULL");
-    g_msg[0] = '\0';
-  } else {
-    strncpy(g_msg, m, sizeof g_msg - 1);
-    g_msg[sizeof g_msg - 1] = '\0';
-  }
-  return g_msg;
-}
-
-/* Checks one status and, for a refusal, that the thread's message names what
- * `names` asks for (see fd_test_names_spec; NULL = only non-empty). */
-static void expect_status(const char* what, const char* entry, int got, int expected,
-                          const char* names) {
-  const char* msg = last_msg();
-  CHECK(got == expected, "%s: %s returned %d (%s), expected %d (%s); message: \"%s\"", what,
-        entry, got, status_name(got), expected, status_name(expected), msg);
-  if (got == expected && expected != FD_STATUS_SUCCESS) {
-    CHECK(msg[0] != '\0', "%s: %s refused with an empty fd_last_error_message()", what, entry);
-    if (names != NULL) {
-      CHECK(fd_test_names_spec(msg, names), "%s: %s message does not name %s: \"%s\"", what,
-            entry, names, msg);
-    }
-  }
-}
-
 /* Every entry point that sees this call must answer `expected`:
  * fd_flash_decoding_check, fd_decode_check, and (when that cannot launch on
  * fake pointers: a refusal, or no GPU) the run function and fd_decode, which
@@ -231,8 +190,15 @@ static void test_version(void) {
   CHECK(fd_get_version() == FD_VERSION, "fd_get_version() = %d, header says %d",
         fd_get_version(), FD_VERSION);
   CHECK(FD_VERSION_MINOR < 100 && FD_VERSION_PATCH < 100, "version fields out of range");
-  CHECK(FD_FLASH_DECODING_MAX_HEAD_DIM == 128, "FD_FLASH_DECODING_MAX_HEAD_DIM = %d",
+  CHECK(FD_VERSION_MAJOR == 0 && FD_VERSION_MINOR == 2, "header version %d.%d, expected 0.2",
+        FD_VERSION_MAJOR, FD_VERSION_MINOR);
+  CHECK(FD_FLASH_DECODING_MAX_HEAD_DIM == 256, "FD_FLASH_DECODING_MAX_HEAD_DIM = %d",
         FD_FLASH_DECODING_MAX_HEAD_DIM);
+  CHECK(FD_MAX_PAGE_SIZE == 256, "FD_MAX_PAGE_SIZE = %d", FD_MAX_PAGE_SIZE);
+  CHECK(FD_DTYPE_F16 == 1 && FD_DTYPE_BF16 == 2 && FD_DTYPE_F32 == 3 && FD_DTYPE_F64 == 4 &&
+            FD_DTYPE_FP8_E4M3 == 5 && FD_DTYPE_FP8_E5M2 == 6,
+        "fd_dtype numbering changed");
+  CHECK(FD_FLAG_BATCH_INVARIANT == 1u, "FD_FLAG_BATCH_INVARIANT = %u", FD_FLAG_BATCH_INVARIANT);
 }
 
 static void test_status_strings(void) {
@@ -278,8 +244,12 @@ static void test_workspace_sizes(void) {
   CHECK(fd_flash_decoding_workspace_size(1, 32, 8, -1, 128) == 0, "workspace for k_len<0 != 0");
   CHECK(fd_flash_decoding_workspace_size(1, 32, 5, 128, 128) == 0,
         "workspace for Hq %% Hkv != 0 is not 0");
-  CHECK(fd_flash_decoding_workspace_size(1, 32, 8, 8192, 129) == 0,
-        "workspace for head_dim=129 is not 0");
+  CHECK(fd_flash_decoding_workspace_size(1, 32, 8, 8192, 257) == 0,
+        "workspace for head_dim=257 is not 0");
+  CHECK(fd_flash_decoding_workspace_size(1, 16, 8, 8192, 256) > 0,
+        "workspace for B=1 Hq=16 Hkv=8 K=8192 D=256 is 0; a split problem needs one");
+  CHECK(fd_flash_decoding_workspace_size(1, 32, 8, 8192, 129) > 0,
+        "workspace for head_dim=129 (the 160 bucket) is 0");
   CHECK(fd_flash_decoding_workspace_size(0, 32, 8, 8192, 128) == 0,
         "workspace for batch_size=0 is not 0");
   /* Deterministic: the same answer twice, and no GPU needed (it runs here). */
@@ -368,17 +338,19 @@ static void test_problem_refusals(int32_t dtype) {
   expect_problem(CASE("num_kv_heads=64 > num_heads=32"), &c, FD_STATUS_INVALID_PROBLEM,
                  "num_kv_heads");
 
-  c = base_call(dtype); c.D = 129;
-  expect_problem(CASE("head_dim=129"), &c, FD_STATUS_UNSUPPORTED, "head_dim");
+  c = base_call(dtype); c.D = 257;
+  expect_problem(CASE("head_dim=257"), &c, FD_STATUS_UNSUPPORTED, "head_dim");
   {
     const char* m;
     (void)do_check(&c);
     m = last_msg();
-    CHECK(fd_test_mentions_number(m, 129), "message for head_dim=129 lacks the value: \"%s\"", m);
+    CHECK(fd_test_mentions_number(m, 257) && fd_test_mentions_number(m, 256),
+          "message for head_dim=257 lacks the value or the limit 256: \"%s\"", m);
   }
-  c = base_call(dtype); c.D = 256; c.q_sh = c.y_sh = 256; c.q_sb = c.y_sb = 32 * 256;
-  c.k_sk = c.v_sk = 256;
-  expect_problem(CASE("head_dim=256"), &c, FD_STATUS_UNSUPPORTED, "head_dim");
+  c = base_call(dtype); c.D = 1000;
+  expect_problem(CASE("head_dim=1000"), &c, FD_STATUS_UNSUPPORTED, "head_dim");
+  c = base_call(dtype); c.D = INT32_MAX;
+  expect_problem(CASE("head_dim=INT32_MAX"), &c, FD_STATUS_UNSUPPORTED, "head_dim");
 
   c = base_call(dtype); c.scale = (float)NAN;
   expect_problem(CASE("scale=NaN"), &c, FD_STATUS_INVALID_PROBLEM, "scale");
@@ -400,7 +372,7 @@ static void test_problem_refusals(int32_t dtype) {
   c.ws = c.ws_bytes ? FAKE_WS : NULL;
   expect_problem(CASE("MQA 32/1"), &c, FD_STATUS_SUCCESS, NULL);
   {
-    int32_t dims[] = {1, 7, 64, 72, 80, 96, 127, 128};
+    int32_t dims[] = {1, 7, 64, 72, 80, 96, 127, 128, 129, 136, 160, 161, 192, 200, 255, 256};
     size_t i;
     for (i = 0; i < sizeof dims / sizeof dims[0]; ++i) {
       char d[64];
@@ -616,8 +588,8 @@ static void test_order(int32_t dtype) {
   c = base_call(dtype); c.Hkv = 5; c.ws_bytes = 1; c.q = NULL; c.y = (void*)(uintptr_t)FAKE_K;
   expect_call(CASE("order: bad divisibility + small workspace + NULL q + overlap"), &c,
               FD_STATUS_INVALID_PROBLEM, "num_kv_heads");
-  c = base_call(dtype); c.D = 129; c.q = NULL; c.ws_bytes = 0; c.ws = NULL;
-  expect_call(CASE("order: head_dim=129 + NULL q"), &c, FD_STATUS_UNSUPPORTED, "head_dim");
+  c = base_call(dtype); c.D = 257; c.q = NULL; c.ws_bytes = 0; c.ws = NULL;
+  expect_call(CASE("order: head_dim=257 + NULL q"), &c, FD_STATUS_UNSUPPORTED, "head_dim");
   c = base_call(dtype); c.k_sk = -1; c.y = NULL; c.ws_bytes = 1;
   expect_call(CASE("order: negative k_stride_k + small workspace + NULL y"), &c,
               FD_STATUS_INVALID_PROBLEM, "k_stride_k");
@@ -712,34 +684,31 @@ static void test_params_struct(void) {
   }
 
   /* Old callers: the oldest struct a caller can have compiled ends with
-   * `stream`; one that stops short of it is refused. Fields past struct_size
-   * are not read even when they hold garbage. */
+   * `stream`; one that stops short of it is refused. Bytes past struct_size
+   * are never read: here every one of them holds 0xA5 (non-NULL pointers,
+   * huge strides, negative counts) and the call is still the plain decode.
+   * Sizes: 0.0's (through `stream`), a cut before block_table, 0.1's (through
+   * v_scale, unpadded and padded: the 0.2 fields read as zero), the whole. */
   to_params(&c, &p);
   p.struct_size = offsetof(fd_decode_params, stream);
   expect_status("struct_size=offsetof(stream)", "fd_decode_check", fd_decode_check(&p),
                 FD_STATUS_INVALID_PROBLEM, "struct_size");
   {
     size_t olds[] = {offsetof(fd_decode_params, stream) + sizeof(void*),
-                     offsetof(fd_decode_params, block_table), sizeof p};
+                     offsetof(fd_decode_params, block_table),
+                     offsetof(fd_decode_params, v_scale) + sizeof(float),
+                     offsetof(fd_decode_params, k_stride_page), sizeof p};
+    int32_t full_cell = -1;
+    to_params(&c, &p);
+    s = fd_decode_cell(&p, &full_cell);
+    CHECK(s == FD_STATUS_SUCCESS, "fd_decode_cell(valid bf16 D=128) = %d (%s)", s, last_msg());
     for (i = 0; i < sizeof olds / sizeof olds[0]; ++i) {
       char what[128];
+      int32_t cell = -1;
       to_params(&c, &p);
       p.struct_size = olds[i];
-      if (olds[i] <= offsetof(fd_decode_params, lse)) {
-        p.lse = (float*)(uintptr_t)0x60000000u;
-        p.seq_lens = (const int32_t*)(uintptr_t)0x60001000u;
-      }
-      if (olds[i] < sizeof p) {
-        p.block_table = (const int32_t*)(uintptr_t)0x60002000u;
-        p.page_size = 16;
-        p.window_size = 4;
-        p.kv_dtype = FD_DTYPE_FP8_E4M3;
-        p.logits_soft_cap = 30.0f;
-      }
-      if (olds[i] <= offsetof(fd_decode_params, stream)) {
-        p.stream = (void*)(uintptr_t)0xdead0000u; /* not read: default stream */
-      }
-      snprintf(what, sizeof what, "old caller, struct_size=%lu, garbage past it",
+      if (olds[i] < sizeof p) memset((char*)&p + olds[i], 0xA5, sizeof p - olds[i]);
+      snprintf(what, sizeof what, "old caller, struct_size=%lu, 0xA5 in every byte past it",
                (unsigned long)olds[i]);
       expect_status(what, "fd_decode_check", fd_decode_check(&p), FD_STATUS_SUCCESS, NULL);
       {
@@ -749,20 +718,63 @@ static void test_params_struct(void) {
               "%s: fd_decode_workspace_size = %d, %lu (expected %lu)", what, s,
               (unsigned long)bytes, (unsigned long)c.ws_bytes);
       }
+      s = fd_decode_cell(&p, &cell);
+      CHECK(s == FD_STATUS_SUCCESS && cell == full_cell,
+            "%s: fd_decode_cell = %d, cell %d (the full struct runs cell %d)", what, s, (int)cell,
+            (int)full_cell);
       if (!g_have_gpu) {
         expect_status(what, "fd_decode (no GPU)", fd_decode(&p), FD_STATUS_CUDA_ERROR, NULL);
       }
     }
   }
 
+  /* The 0.2 fields: read at the full size (each one set alone is honoured or
+   * refused, the field named), ignored by a caller whose struct ends before
+   * them (0.1's size: the same values are never seen). */
+  {
+    struct { const char* name; int which; int status; } f02[] = {
+      {"k_stride_page", 0, FD_STATUS_INVALID_PROBLEM}, /* set without a block table */
+      {"v_stride_page", 1, FD_STATUS_INVALID_PROBLEM},
+      {"max_pages", 2, FD_STATUS_INVALID_PROBLEM},
+      {"num_pages", 3, FD_STATUS_INVALID_PROBLEM},
+      {"k_scales", 4, FD_STATUS_UNSUPPORTED},          /* a scale with a 16-bit cache */
+      {"v_scales", 5, FD_STATUS_UNSUPPORTED},
+      {"sink_tokens", 6, FD_STATUS_INVALID_PROBLEM},   /* -1 */
+    };
+    size_t v01 = offsetof(fd_decode_params, k_stride_page);
+    for (i = 0; i < sizeof f02 / sizeof f02[0]; ++i) {
+      char what[128];
+      to_params(&c, &p);
+      switch (f02[i].which) {
+        case 0: p.k_stride_page = 16 * 8 * 128; break;
+        case 1: p.v_stride_page = 16 * 8 * 128; break;
+        case 2: p.max_pages = 512; break;
+        case 3: p.num_pages = 1024; break;
+        case 4: p.k_scales = (const float*)(uintptr_t)0x60005000u; break;
+        case 5: p.v_scales = (const float*)(uintptr_t)0x60006000u; break;
+        default: p.sink_tokens = -1; break;
+      }
+      snprintf(what, sizeof what, "0.2 field %s set, full struct", f02[i].name);
+      expect_status(what, "fd_decode_check", fd_decode_check(&p), f02[i].status, f02[i].name);
+      expect_status(what, "fd_decode", fd_decode(&p), f02[i].status, f02[i].name);
+      p.struct_size = v01;
+      snprintf(what, sizeof what, "0.2 field %s set past a 0.1 struct_size=%lu", f02[i].name,
+               (unsigned long)v01);
+      expect_status(what, "fd_decode_check", fd_decode_check(&p), FD_STATUS_SUCCESS, NULL);
+    }
+  }
+
   /* window_size: 0 is off, 1 a one-key window (valid), below 0 nonsense. */
   to_params(&c, &p);
   p.window_size = 1;
-  s = fd_decode_check(&p);
-  CHECK(s == FD_STATUS_SUCCESS || s == FD_STATUS_UNSUPPORTED, "window_size=1: %d", s);
+  expect_status("window_size=1", "fd_decode_check", fd_decode_check(&p), FD_STATUS_SUCCESS, NULL);
   to_params(&c, &p);
   p.window_size = -1;
   expect_status("window_size=-1", "fd_decode_check", fd_decode_check(&p),
+                FD_STATUS_INVALID_PROBLEM, "window_size");
+  to_params(&c, &p);
+  p.window_size = INT32_MIN;
+  expect_status("window_size=INT32_MIN", "fd_decode_check", fd_decode_check(&p),
                 FD_STATUS_INVALID_PROBLEM, "window_size");
 
   /* A newer caller (bigger struct): a zero tail is "everything new off"; a set
@@ -776,90 +788,65 @@ static void test_params_struct(void) {
     expect_status("newer caller, zero tail", "fd_decode_check", fd_decode_check(bp),
                   FD_STATUS_SUCCESS, NULL);
     big.tail[5] = 1;
-    s = fd_decode_check(bp);
-    CHECK(s == FD_STATUS_UNSUPPORTED || s == FD_STATUS_INVALID_PROBLEM,
-          "newer caller with a set unknown field: fd_decode_check = %d (silently ignored?)", s);
+    expect_status("newer caller with a set unknown field", "fd_decode_check", fd_decode_check(bp),
+                  FD_STATUS_UNSUPPORTED, "struct_size");
+    expect_status("newer caller with a set unknown field", "fd_decode", fd_decode(bp),
+                  FD_STATUS_UNSUPPORTED, "struct_size");
   }
 
-  /* Features the kernels cannot honour must be refused with the field named. */
-  to_params(&c, &p);
-  p.block_table = (const int32_t*)(uintptr_t)0x60002000u;
-  p.block_table_stride_b = 64;
-  expect_status("block_table set", "fd_decode_check", fd_decode_check(&p), FD_STATUS_UNSUPPORTED,
-                "block_table");
-  expect_status("block_table set", "fd_decode", fd_decode(&p), FD_STATUS_UNSUPPORTED,
-                "block_table");
-  to_params(&c, &p);
-  p.page_size = 16;
-  expect_status("page_size=16", "fd_decode_check", fd_decode_check(&p), FD_STATUS_UNSUPPORTED,
-                "page_size");
-  expect_status("page_size=16", "fd_decode", fd_decode(&p), FD_STATUS_UNSUPPORTED, "page_size");
-  to_params(&c, &p);
-  p.kv_dtype = FD_DTYPE_FP8_E4M3;
-  p.k_scale = 1.0f;
-  p.v_scale = 1.0f;
-  expect_status("kv_dtype=fp8_e4m3", "fd_decode_check", fd_decode_check(&p),
-                FD_STATUS_UNSUPPORTED, "kv_dtype");
-  expect_status("kv_dtype=fp8_e4m3", "fd_decode", fd_decode(&p), FD_STATUS_UNSUPPORTED,
-                "kv_dtype");
-  to_params(&c, &p);
-  p.kv_dtype = FD_DTYPE_FP8_E5M2;
-  expect_status("kv_dtype=fp8_e5m2", "fd_decode_check", fd_decode_check(&p),
-                FD_STATUS_UNSUPPORTED, "kv_dtype");
-  {
-    size_t bytes = 999;
-    s = fd_decode_workspace_size(&p, &bytes);
-    CHECK(s == FD_STATUS_UNSUPPORTED && bytes == 999,
-          "fd_decode_workspace_size with kv_dtype=fp8 = %d (bytes %lu)", s, (unsigned long)bytes);
-  }
-
-  /* Other extension fields: supported (SUCCESS) or refused with the field named;
-   * an unknown flag bit is never silently accepted. */
+  /* Every documented extension field, alone and all together: accepted by the
+   * host checks (SUCCESS, nothing less), and fd_decode gets past them to the
+   * launch (CUDA_ERROR without a device). The GPU cases check the results. */
   {
     struct { const char* name; int which; } feats[] = {
       {"lse", 0}, {"seq_lens", 1}, {"window_size", 2}, {"sinks", 3},
-      {"alibi_slopes", 4}, {"logits_soft_cap", 5}, {"flags", 6},
+      {"alibi_slopes", 4}, {"logits_soft_cap", 5}, {"flags=batch_invariant", 6},
+      {"sink_tokens under a window", 7}, {"sink_tokens without a window", 8},
+      {"kv_dtype = dtype", 9}, {"everything at once", 10},
     };
     for (i = 0; i < sizeof feats / sizeof feats[0]; ++i) {
+      char what[128];
+      int all = feats[i].which == 10;
       to_params(&c, &p);
-      switch (feats[i].which) {
-        case 0: p.lse = (float*)(uintptr_t)0x60000000u; p.lse_stride_b = 32; p.lse_stride_h = 1;
-                break;
-        case 1: p.seq_lens = (const int32_t*)(uintptr_t)0x60001000u; break;
-        case 2: p.window_size = 101; break;
-        case 3: p.sinks = (const float*)(uintptr_t)0x60003000u; break;
-        case 4: p.alibi_slopes = (const float*)(uintptr_t)0x60004000u; break;
-        case 5: p.logits_soft_cap = 30.0f; break;
-        default: p.flags = FD_FLAG_BATCH_INVARIANT; break;
+      if (all || feats[i].which == 0) {
+        p.lse = (float*)(uintptr_t)0x60000000u; p.lse_stride_b = 32; p.lse_stride_h = 1;
       }
-      s = fd_decode_check(&p);
-      CHECK(s == FD_STATUS_SUCCESS || s == FD_STATUS_UNSUPPORTED,
-            "extension %s: fd_decode_check = %d (%s): \"%s\"", feats[i].name, s, status_name(s),
-            last_msg());
-      if (s == FD_STATUS_UNSUPPORTED) {
-        CHECK(fd_test_names(last_msg(), feats[i].name),
-              "extension %s refused without naming it: \"%s\"", feats[i].name, g_msg);
+      if (all || feats[i].which == 1) p.seq_lens = (const int32_t*)(uintptr_t)0x60001000u;
+      if (all || feats[i].which == 2 || feats[i].which == 7) p.window_size = 101;
+      if (all || feats[i].which == 3) p.sinks = (const float*)(uintptr_t)0x60003000u;
+      if (all || feats[i].which == 4) p.alibi_slopes = (const float*)(uintptr_t)0x60004000u;
+      if (all || feats[i].which == 5) p.logits_soft_cap = 30.0f;
+      if (all || feats[i].which == 6) p.flags = FD_FLAG_BATCH_INVARIANT;
+      if (all || feats[i].which == 7 || feats[i].which == 8) p.sink_tokens = 4;
+      if (all || feats[i].which == 9) p.kv_dtype = p.dtype;
+      snprintf(what, sizeof what, "extension %s", feats[i].name);
+      expect_status(what, "fd_decode_check", fd_decode_check(&p), FD_STATUS_SUCCESS, NULL);
+      {
+        size_t bytes = 0;
+        s = fd_decode_workspace_size(&p, &bytes);
+        CHECK(s == FD_STATUS_SUCCESS && bytes > 0, "%s: fd_decode_workspace_size = %d, %lu", what,
+              s, (unsigned long)bytes);
       }
-      if (s != FD_STATUS_SUCCESS || !g_have_gpu) { /* never launch on fake pointers */
-        int r = fd_decode(&p);
-        int want = s == FD_STATUS_SUCCESS ? FD_STATUS_CUDA_ERROR : s;
-        CHECK(r == want, "extension %s: fd_decode = %d, expected %d", feats[i].name, r, want);
+      if (!g_have_gpu) { /* never launch on fake pointers */
+        expect_status(what, "fd_decode (no GPU)", fd_decode(&p), FD_STATUS_CUDA_ERROR, NULL);
       }
-      printf("  extension %-16s: %s\n", feats[i].name,
-             s == FD_STATUS_SUCCESS ? "supported" : "refused as UNSUPPORTED");
     }
-    to_params(&c, &p);
-    p.flags = 0x80000000u;
-    s = fd_decode_check(&p);
-    CHECK(s == FD_STATUS_INVALID_PROBLEM || s == FD_STATUS_UNSUPPORTED,
-          "unknown flag bit 0x80000000: fd_decode_check = %d (silently accepted?)", s);
-    if (s != FD_STATUS_SUCCESS) {
-      CHECK(fd_test_names(last_msg(), "flags"), "unknown flag refused without naming flags: \"%s\"",
-            g_msg);
+    /* Flag bits the header does not define are refused, never ignored. */
+    {
+      uint32_t unknown[] = {0x2u, 0x80000000u, 0xffffffffu};
+      for (i = 0; i < sizeof unknown / sizeof unknown[0]; ++i) {
+        char what[64];
+        to_params(&c, &p);
+        p.flags = unknown[i];
+        snprintf(what, sizeof what, "flags=0x%x", (unsigned)unknown[i]);
+        expect_status(what, "fd_decode_check", fd_decode_check(&p), FD_STATUS_UNSUPPORTED,
+                      "flags");
+        expect_status(what, "fd_decode", fd_decode(&p), FD_STATUS_UNSUPPORTED, "flags");
+      }
     }
   }
 
-  /* Bad values of the supported extension fields: refused, the field named. */
+  /* Bad values of the extension fields: refused, the field named. */
   {
     struct { const char* what; int which; int status; const char* name; } bad[] = {
       {"logits_soft_cap=-1", 0, FD_STATUS_INVALID_PROBLEM, "logits_soft_cap"},
@@ -867,10 +854,17 @@ static void test_params_struct(void) {
       {"lse_stride_b=-1", 2, FD_STATUS_INVALID_PROBLEM, "lse_stride_b"},
       {"lse_stride_h=0 (heads share one entry)", 3, FD_STATUS_INVALID_PROBLEM, "lse_stride_h"},
       {"lse misaligned", 4, FD_STATUS_INVALID_POINTER, "lse"},
-      {"lse over y", 5, FD_STATUS_INVALID_POINTER, "lse"},
+      {"lse over y", 5, FD_STATUS_INVALID_POINTER, "lse,y"},
       {"sinks misaligned", 6, FD_STATUS_INVALID_POINTER, "sinks"},
       {"alibi_slopes misaligned", 7, FD_STATUS_INVALID_POINTER, "alibi_slopes"},
       {"seq_lens misaligned", 8, FD_STATUS_INVALID_POINTER, "seq_lens"},
+      {"logits_soft_cap=+inf", 9, FD_STATUS_INVALID_PROBLEM, "logits_soft_cap"},
+      {"sink_tokens=-1", 10, FD_STATUS_INVALID_PROBLEM, "sink_tokens"},
+      {"sink_tokens=INT32_MIN under a window", 11, FD_STATUS_INVALID_PROBLEM, "sink_tokens"},
+      {"lse over seq_lens", 12, FD_STATUS_INVALID_POINTER, "lse,seq_lens"},
+      {"y over sinks", 13, FD_STATUS_INVALID_POINTER, "y,sinks"},
+      {"y over alibi_slopes", 14, FD_STATUS_INVALID_POINTER, "y,alibi_slopes"},
+      {"lse over q", 15, FD_STATUS_INVALID_POINTER, "lse,q"},
     };
     for (i = 0; i < sizeof bad / sizeof bad[0]; ++i) {
       to_params(&c, &p);
@@ -886,7 +880,15 @@ static void test_params_struct(void) {
         case 5: p.lse = (float*)p.y; break;
         case 6: p.sinks = (const float*)(uintptr_t)0x60003002u; break;
         case 7: p.alibi_slopes = (const float*)(uintptr_t)0x60004002u; break;
-        default: p.seq_lens = (const int32_t*)(uintptr_t)0x60001002u; break;
+        case 8: p.seq_lens = (const int32_t*)(uintptr_t)0x60001002u; break;
+        case 9: p.logits_soft_cap = (float)INFINITY; break;
+        case 10: p.sink_tokens = -1; break;
+        case 11: p.sink_tokens = INT32_MIN; p.window_size = 16; break;
+        case 12: p.seq_lens = (const int32_t*)(uintptr_t)0x60000000u; break;
+        case 13: p.sinks = (const float*)p.y; p.lse = NULL; p.lse_stride_b = 0; break;
+        case 14: p.alibi_slopes = (const float*)cp(p.y, 64); p.lse = NULL; p.lse_stride_b = 0;
+                 break;
+        default: p.lse = (float*)(uintptr_t)cp(p.q, 4); break;
       }
       expect_status(bad[i].what, "fd_decode_check", fd_decode_check(&p), bad[i].status,
                     bad[i].name);
@@ -900,85 +902,270 @@ static void test_params_struct(void) {
   expect_status("params: num_kv_heads=5", "fd_decode_check", fd_decode_check(&p),
                 FD_STATUS_INVALID_PROBLEM, "num_kv_heads");
   to_params(&c, &p);
-  p.head_dim = 200;
+  p.head_dim = 200; /* rows of 256 elements */
+  p.q_stride_h = p.y_stride_h = 256;
+  p.q_stride_b = p.y_stride_b = 32 * 256;
+  p.k_stride_k = p.v_stride_k = 256;
+  CHECK(fd_decode_workspace_size(&p, &p.workspace_bytes) == FD_STATUS_SUCCESS &&
+            p.workspace_bytes > c.ws_bytes,
+        "head_dim=200 (the 256 bucket) needs %lu workspace bytes, D=128 %lu",
+        (unsigned long)p.workspace_bytes, (unsigned long)c.ws_bytes);
   expect_status("params: head_dim=200", "fd_decode_check", fd_decode_check(&p),
+                FD_STATUS_SUCCESS, NULL);
+  to_params(&c, &p);
+  p.head_dim = 257;
+  expect_status("params: head_dim=257", "fd_decode_check", fd_decode_check(&p),
                 FD_STATUS_UNSUPPORTED, "head_dim");
 }
 
 /* ---- the kernel table --------------------------------------------------------- */
+
+static const int32_t k_buckets16[] = {64, 80, 96, 128, 160, 192, 256};
+static const int32_t k_buckets8[] = {64, 96, 128, 160, 192, 256};
+
+static int is_fp8_dtype(int32_t d) { return d == FD_DTYPE_FP8_E4M3 || d == FD_DTYPE_FP8_E5M2; }
+
+/* The smallest bucket >= d among the cells of (q_dtype, kv_dtype, paged); 0 if none. */
+static int32_t smallest_bucket(int32_t q_dtype, int32_t kv_dtype, int32_t paged, int32_t d) {
+  int32_t n = fd_kernel_cell_count(), i, best = 0;
+  for (i = 0; i < n; ++i) {
+    fd_kernel_cell_info info = FD_KERNEL_CELL_INFO_INIT;
+    if (fd_kernel_cell_info_get(i, &info) != FD_STATUS_SUCCESS) continue;
+    if (info.kv_dtype != kv_dtype || info.paged != paged || info.head_dim < d) continue;
+    if (info.q_dtype != 0 && info.q_dtype != q_dtype) continue;
+    if (best == 0 || info.head_dim < best) best = info.head_dim;
+  }
+  return best;
+}
+
+static void test_cell_info_struct_size(void) {
+  fd_kernel_cell_info full = FD_KERNEL_CELL_INFO_INIT;
+  unsigned char buf[sizeof(fd_kernel_cell_info) + 32];
+  size_t sizes[] = {offsetof(fd_kernel_cell_info, q_dtype) + sizeof(int32_t),
+                    offsetof(fd_kernel_cell_info, head_dim),
+                    offsetof(fd_kernel_cell_info, name), sizeof(fd_kernel_cell_info),
+                    sizeof(fd_kernel_cell_info) + 16};
+  size_t bad_sizes[] = {0, 1, sizeof(size_t), offsetof(fd_kernel_cell_info, q_dtype) + 3,
+                        (size_t)1 << 40};
+  size_t i, j;
+  int s;
+  s = fd_kernel_cell_info_get(0, &full);
+  if (!CHECK(s == FD_STATUS_SUCCESS, "fd_kernel_cell_info_get(0) = %d (%s)", s, last_msg())) return;
+  for (i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
+    size_t sz = sizes[i], limit = sz < sizeof full ? sz : sizeof full;
+    long past = 0;
+    memset(buf, 0xCC, sizeof buf);
+    memcpy(buf, &sz, sizeof sz);
+    s = fd_kernel_cell_info_get(0, (fd_kernel_cell_info*)(void*)buf);
+    CHECK(s == FD_STATUS_SUCCESS, "fd_kernel_cell_info_get, struct_size=%lu: %d (%s)",
+          (unsigned long)sz, s, last_msg());
+    for (j = sz; j < sizeof buf; ++j) past += buf[j] != 0xCC;
+    CHECK(past == 0, "fd_kernel_cell_info_get, struct_size=%lu wrote %ld bytes past it",
+          (unsigned long)sz, past);
+    /* The fields that fit are the full struct's (struct_size stays the caller's). */
+    CHECK(memcmp(buf + sizeof(size_t), (const unsigned char*)&full + sizeof(size_t),
+                 limit - sizeof(size_t)) == 0,
+          "fd_kernel_cell_info_get, struct_size=%lu: fields differ from a full-size call",
+          (unsigned long)sz);
+    {
+      size_t got;
+      memcpy(&got, buf, sizeof got);
+      CHECK(got == sz, "fd_kernel_cell_info_get changed struct_size %lu to %lu",
+            (unsigned long)sz, (unsigned long)got);
+    }
+  }
+  for (i = 0; i < sizeof bad_sizes / sizeof bad_sizes[0]; ++i) {
+    size_t sz = bad_sizes[i];
+    long changed = 0;
+    char what[96];
+    memset(buf, 0xCC, sizeof buf);
+    memcpy(buf, &sz, sizeof sz);
+    snprintf(what, sizeof what, "fd_kernel_cell_info_get, struct_size=%lu", (unsigned long)sz);
+    expect_status(what, "fd_kernel_cell_info_get",
+                  fd_kernel_cell_info_get(0, (fd_kernel_cell_info*)(void*)buf),
+                  FD_STATUS_INVALID_PROBLEM, "struct_size");
+    for (j = sizeof sz; j < sizeof buf; ++j) changed += buf[j] != 0xCC;
+    CHECK(changed == 0, "%s: refused but wrote %ld bytes", what, changed);
+  }
+  /* A bad index or a NULL struct: refused, nothing written. */
+  {
+    int32_t n = fd_kernel_cell_count();
+    int32_t idx[] = {-1, n, INT32_MAX, INT32_MIN};
+    for (i = 0; i < sizeof idx / sizeof idx[0]; ++i) {
+      size_t sz = sizeof(fd_kernel_cell_info);
+      long changed = 0;
+      memset(buf, 0xCC, sizeof buf);
+      memcpy(buf, &sz, sizeof sz);
+      expect_status("fd_kernel_cell_info_get(bad index)", "fd_kernel_cell_info_get",
+                    fd_kernel_cell_info_get(idx[i], (fd_kernel_cell_info*)(void*)buf),
+                    FD_STATUS_INVALID_PROBLEM, "index");
+      for (j = sizeof sz; j < sizeof buf; ++j) changed += buf[j] != 0xCC;
+      CHECK(changed == 0, "fd_kernel_cell_info_get(%d) refused but wrote %ld bytes", (int)idx[i],
+            changed);
+    }
+    expect_status("fd_kernel_cell_info_get(0, NULL)", "fd_kernel_cell_info_get",
+                  fd_kernel_cell_info_get(0, NULL), FD_STATUS_INVALID_POINTER, "info");
+  }
+}
 
 static void test_kernel_table(void) {
   int32_t n = fd_kernel_cell_count();
   int32_t i, d;
   fd_kernel_cell cell;
   int32_t dts[] = {FD_DTYPE_F16, FD_DTYPE_BF16};
-  size_t t;
+  int32_t kv8[] = {FD_DTYPE_FP8_E4M3, FD_DTYPE_FP8_E5M2};
+  int fp8_built = fd_test_build_has_fp8();
+  int n16 = 0, n8 = 0;
+  size_t t, b;
   int s;
 
-  CHECK(n > 0, "fd_kernel_cell_count() = %d", (int)n);
+  CHECK(n > 0 && n <= 256, "fd_kernel_cell_count() = %d", (int)n);
   for (i = 0; i < n; ++i) {
+    fd_kernel_cell_info info = FD_KERNEL_CELL_INFO_INIT;
+    int fp8, bucket_ok = 0;
+    char want[64];
     memset(&cell, 0, sizeof cell);
     s = fd_kernel_cell_get(i, &cell);
     CHECK(s == FD_STATUS_SUCCESS, "fd_kernel_cell_get(%d) = %d", (int)i, s);
-    CHECK(cell.name != NULL && cell.name[0] != '\0', "cell %d has no name", (int)i);
-    CHECK(cell.dtype == FD_DTYPE_F16 || cell.dtype == FD_DTYPE_BF16, "cell %d dtype %d", (int)i,
-          (int)cell.dtype);
-    CHECK(cell.head_dim >= 1 && cell.head_dim <= FD_FLASH_DECODING_MAX_HEAD_DIM,
-          "cell %d head_dim %d", (int)i, (int)cell.head_dim);
-    CHECK(cell.max_group_per_cta >= 1, "cell %d max_group_per_cta %d", (int)i,
-          (int)cell.max_group_per_cta);
+    s = fd_kernel_cell_info_get(i, &info);
+    if (!CHECK(s == FD_STATUS_SUCCESS, "fd_kernel_cell_info_get(%d) = %d (%s)", (int)i, s,
+               last_msg())) {
+      continue;
+    }
+    CHECK(info.struct_size == sizeof info, "cell %d: info.struct_size changed to %lu", (int)i,
+          (unsigned long)info.struct_size);
+    CHECK(cell.name != NULL && info.name != NULL && strcmp(cell.name, info.name) == 0,
+          "cell %d: fd_kernel_cell_get and _info_get name it differently", (int)i);
+    CHECK(cell.head_dim == info.head_dim && cell.max_group_per_cta == info.max_group_per_cta &&
+              cell.max_group_per_cta >= 1,
+          "cell %d: head_dim %d/%d, max_group_per_cta %d/%d", (int)i, (int)cell.head_dim,
+          (int)info.head_dim, (int)cell.max_group_per_cta, (int)info.max_group_per_cta);
+    CHECK(info.paged == 0 || info.paged == 1, "cell %d: paged = %d", (int)i, (int)info.paged);
+    fp8 = is_fp8_dtype(info.kv_dtype);
+    if (fp8) {
+      ++n8;
+      CHECK(info.q_dtype == 0 && cell.dtype == info.kv_dtype && info.min_compute_capability == 89,
+            "fp8 cell %d: q_dtype %d (0: either), fd_kernel_cell.dtype %d (the KV type %d), "
+            "min cc %d (89)", (int)i, (int)info.q_dtype, (int)cell.dtype, (int)info.kv_dtype,
+            (int)info.min_compute_capability);
+      for (b = 0; b < sizeof k_buckets8 / sizeof k_buckets8[0]; ++b)
+        bucket_ok |= info.head_dim == k_buckets8[b];
+      snprintf(want, sizeof want, "fd::Fp8<%s>", info.kv_dtype == FD_DTYPE_FP8_E5M2 ? "true"
+                                                                                    : "false");
+    } else {
+      ++n16;
+      CHECK((info.q_dtype == FD_DTYPE_F16 || info.q_dtype == FD_DTYPE_BF16) &&
+                info.kv_dtype == info.q_dtype && cell.dtype == info.q_dtype &&
+                info.min_compute_capability == 80,
+            "cell %d: q_dtype %d kv_dtype %d dtype %d min cc %d", (int)i, (int)info.q_dtype,
+            (int)info.kv_dtype, (int)cell.dtype, (int)info.min_compute_capability);
+      for (b = 0; b < sizeof k_buckets16 / sizeof k_buckets16[0]; ++b)
+        bucket_ok |= info.head_dim == k_buckets16[b];
+      snprintf(want, sizeof want, "fd::Identity<%s>",
+               info.q_dtype == FD_DTYPE_BF16 ? "__nv_bfloat16" : "__half");
+    }
+    CHECK(bucket_ok, "cell %d: head_dim %d is not a documented bucket", (int)i,
+          (int)info.head_dim);
+    if (info.name != NULL) {
+      char dim[16];
+      snprintf(dim, sizeof dim, ", %d, ", (int)info.head_dim);
+      CHECK(strncmp(info.name, "fd::decode_kernel<", 18) == 0 && strstr(info.name, want) &&
+                strstr(info.name, dim) &&
+                strstr(info.name, info.paged ? "fd::PagedKv>" : "fd::ContiguousKv>"),
+            "cell %d: name \"%s\" (expected %s, bucket %d, %s)", (int)i, info.name, want,
+            (int)info.head_dim, info.paged ? "PagedKv" : "ContiguousKv");
+    }
+  }
+  /* Exactly the documented cells: 16-bit x 7 buckets x {contiguous, paged},
+   * and fp8 x 6 buckets x 2 layouts in a build with an architecture >= 89. */
+  CHECK(n16 == 2 * 7 * 2, "%d 16-bit cells, expected 28", n16);
+  CHECK(n8 == (fp8_built ? 2 * 6 * 2 : 0), "%d fp8 cells, expected %d (architectures \"%s\")",
+        n8, fp8_built ? 24 : 0, fd_compiled_architectures());
+  for (t = 0; t < 2; ++t) {
+    for (b = 0; b < sizeof k_buckets16 / sizeof k_buckets16[0]; ++b) {
+      int32_t paged;
+      for (paged = 0; paged < 2; ++paged) {
+        CHECK(smallest_bucket(dts[t], dts[t], paged, k_buckets16[b]) == k_buckets16[b],
+              "no cell for dtype %d, bucket %d, paged %d", (int)dts[t], (int)k_buckets16[b],
+              (int)paged);
+        if (fp8_built && b < sizeof k_buckets8 / sizeof k_buckets8[0]) {
+          CHECK(smallest_bucket(dts[t], kv8[t], paged, k_buckets8[b]) == k_buckets8[b],
+                "no fp8 cell for kv %d, bucket %d, paged %d", (int)kv8[t], (int)k_buckets8[b],
+                (int)paged);
+        }
+      }
+    }
   }
   s = fd_kernel_cell_get(-1, &cell);
   CHECK(s == FD_STATUS_INVALID_PROBLEM, "fd_kernel_cell_get(-1) = %d", s);
   s = fd_kernel_cell_get(n, &cell);
   CHECK(s == FD_STATUS_INVALID_PROBLEM, "fd_kernel_cell_get(count) = %d", s);
+  expect_status("fd_kernel_cell_get(0, NULL)", "fd_kernel_cell_get", fd_kernel_cell_get(0, NULL),
+                FD_STATUS_INVALID_POINTER, "cell");
+  test_cell_info_struct_size();
 
-  for (t = 0; t < 2; ++t) {
-    int32_t idx = -1;
-    s = fd_kernel_cell_find(dts[t], 72, &idx);
-    if (CHECK(s == FD_STATUS_SUCCESS && idx >= 0 && idx < n, "find(dtype %d, D=72) = %d idx %d",
-              (int)dts[t], s, (int)idx)) {
-      fd_kernel_cell_get(idx, &cell);
-      CHECK(cell.head_dim == 80 && cell.dtype == dts[t], "D=72 maps to bucket %d (dtype %d)",
-            (int)cell.head_dim, (int)cell.dtype);
+  /* fd_kernel_cell_find: the contiguous cell of a dtype (16-bit, or the fp8 KV
+   * type), the smallest bucket >= D, for every D in [1, 256]. */
+  for (t = 0; t < 4; ++t) {
+    int32_t dt = t < 2 ? dts[t] : kv8[t - 2];
+    int32_t idx;
+    int present = t < 2 || fp8_built;
+    for (d = 1; d <= FD_FLASH_DECODING_MAX_HEAD_DIM; ++d) {
+      int32_t best = t < 2 ? smallest_bucket(dt, dt, 0, d) : smallest_bucket(FD_DTYPE_F16, dt, 0, d);
+      idx = -1;
+      s = fd_kernel_cell_find(dt, d, &idx);
+      if (!present) {
+        if (d == 1 || d == FD_FLASH_DECODING_MAX_HEAD_DIM) {
+          CHECK(s == FD_STATUS_UNSUPPORTED && idx == -1,
+                "fd_kernel_cell_find(fp8 %d, D=%d) = %d in a build without fp8 cells", (int)dt,
+                (int)d, s);
+        }
+        continue;
+      }
+      if (CHECK(s == FD_STATUS_SUCCESS && idx >= 0 && idx < n,
+                "fd_kernel_cell_find(dtype %d, D=%d) = %d idx %d", (int)dt, (int)d, s, (int)idx)) {
+        fd_kernel_cell_info info = FD_KERNEL_CELL_INFO_INIT;
+        fd_kernel_cell_info_get(idx, &info);
+        CHECK(info.kv_dtype == dt && info.paged == 0 && info.head_dim == best &&
+                  (t >= 2 || info.q_dtype == dt),
+              "D=%d of dtype %d maps to cell %d (kv %d, bucket %d, paged %d); smallest "
+              "contiguous bucket >= D is %d", (int)d, (int)dt, (int)idx, (int)info.kv_dtype,
+              (int)info.head_dim, (int)info.paged, (int)best);
+      }
     }
-    idx = -1;
-    s = fd_kernel_cell_find(dts[t], 1, &idx);
-    if (CHECK(s == FD_STATUS_SUCCESS && idx >= 0 && idx < n, "find(dtype %d, D=1) = %d",
-              (int)dts[t], s)) {
-      fd_kernel_cell_get(idx, &cell);
-      CHECK(cell.head_dim == 64 && cell.dtype == dts[t], "D=1 maps to bucket %d",
-            (int)cell.head_dim);
+    {
+      int32_t dims_seen[][2] = {{72, 80}, {1, 64}, {129, 160}, {200, 256}};
+      size_t k2;
+      for (k2 = 0; t < 2 && k2 < sizeof dims_seen / sizeof dims_seen[0]; ++k2) {
+        fd_kernel_cell_info info = FD_KERNEL_CELL_INFO_INIT;
+        idx = -1;
+        fd_kernel_cell_find(dt, dims_seen[k2][0], &idx);
+        CHECK(idx >= 0 && fd_kernel_cell_info_get(idx, &info) == FD_STATUS_SUCCESS &&
+                  info.head_dim == dims_seen[k2][1],
+              "dtype %d: D=%d runs bucket %d, expected %d", (int)dt, (int)dims_seen[k2][0],
+              (int)info.head_dim, (int)dims_seen[k2][1]);
+      }
     }
     idx = 12345;
-    s = fd_kernel_cell_find(dts[t], 129, &idx);
-    expect_status("fd_kernel_cell_find(D=129)", "fd_kernel_cell_find", s, FD_STATUS_UNSUPPORTED,
-                  NULL);
-    CHECK(idx == 12345, "fd_kernel_cell_find(D=129) wrote *index");
-    /* Every D in [1, 128] finds the smallest bucket >= D of its dtype. */
-    for (d = 1; d <= FD_FLASH_DECODING_MAX_HEAD_DIM; ++d) {
-      int32_t best = INT32_MAX, j;
-      for (j = 0; j < n; ++j) {
-        fd_kernel_cell_get(j, &cell);
-        if (cell.dtype == dts[t] && cell.head_dim >= d && cell.head_dim < best) best = cell.head_dim;
-      }
-      idx = -1;
-      s = fd_kernel_cell_find(dts[t], d, &idx);
-      if (CHECK(s == FD_STATUS_SUCCESS && idx >= 0 && idx < n,
-                "fd_kernel_cell_find(dtype %d, D=%d) = %d", (int)dts[t], (int)d, s)) {
-        fd_kernel_cell_get(idx, &cell);
-        CHECK(cell.dtype == dts[t] && cell.head_dim == best,
-              "D=%d maps to bucket %d of dtype %d; smallest bucket >= D is %d", (int)d,
-              (int)cell.head_dim, (int)cell.dtype, (int)best);
-      }
-    }
+    s = fd_kernel_cell_find(dt, FD_FLASH_DECODING_MAX_HEAD_DIM + 1, &idx);
+    expect_status("fd_kernel_cell_find(D=257)", "fd_kernel_cell_find", s, FD_STATUS_UNSUPPORTED,
+                  "head_dim");
+    CHECK(idx == 12345, "fd_kernel_cell_find(D=257) wrote *index");
+    s = fd_kernel_cell_find(dt, 0, &idx);
+    CHECK(s != FD_STATUS_SUCCESS && idx == 12345, "fd_kernel_cell_find(D=0) = %d", s);
+    s = fd_kernel_cell_find(dt, -5, &idx);
+    CHECK(s != FD_STATUS_SUCCESS && idx == 12345, "fd_kernel_cell_find(D=-5) = %d", s);
   }
   {
-    int32_t idx = 0;
-    s = fd_kernel_cell_find(FD_DTYPE_F32, 64, &idx);
-    CHECK(s == FD_STATUS_UNSUPPORTED, "fd_kernel_cell_find(F32, 64) = %d", s);
-    s = fd_kernel_cell_find(FD_DTYPE_F16, 0, &idx);
-    CHECK(s != FD_STATUS_SUCCESS, "fd_kernel_cell_find(F16, 0) succeeded");
+    int32_t idx = 777;
+    int32_t no_cell[] = {FD_DTYPE_F32, FD_DTYPE_F64, 0, 7, -1};
+    for (t = 0; t < sizeof no_cell / sizeof no_cell[0]; ++t) {
+      s = fd_kernel_cell_find(no_cell[t], 64, &idx);
+      CHECK(s == FD_STATUS_UNSUPPORTED && idx == 777, "fd_kernel_cell_find(dtype %d, 64) = %d",
+            (int)no_cell[t], s);
+    }
+    expect_status("fd_kernel_cell_find(..., NULL)", "fd_kernel_cell_find",
+                  fd_kernel_cell_find(FD_DTYPE_F16, 64, NULL), FD_STATUS_INVALID_POINTER, "index");
   }
 
   {
@@ -1001,7 +1188,8 @@ static void test_kernel_table(void) {
       }
     }
 #endif
-    printf("  compiled architectures: %s; %d kernel cells\n", a ? a : "(null)", (int)n);
+    printf("  compiled architectures: %s; %d kernel cells (%d fp8)\n", a ? a : "(null)", (int)n,
+           n8);
   }
 }
 
@@ -1120,6 +1308,8 @@ int main(void) {
   test_params_struct();
   printf("[host] kernel table\n");
   test_kernel_table();
+  printf("[host] paged KV, fp8 KV, sink tokens, merge_states, fd_decode_cell\n");
+  fd_test_host_features();
   printf("[host] per-thread message\n");
   test_thread_local_message();
 
@@ -1129,7 +1319,15 @@ int main(void) {
   } else {
     printf("[host] behaviour without a GPU\n");
     test_no_gpu();
-    printf("GPU cases skipped: no CUDA device\n");
+    if (fd_test_env_flag("FD_REQUIRE_GPU")) {
+      /* A GPU machine's check must not pass by skipping. */
+      CHECK(0, "FD_REQUIRE_GPU is set but the GPU cases cannot run: %s",
+            fd_test_gpu_device_count() < 0
+                ? "this test was built without the CUDA runtime"
+                : "no usable CUDA device (fd_decode_plan and the CUDA runtime see none)");
+    } else {
+      printf("GPU cases skipped: no CUDA device\n");
+    }
   }
 
   printf("%ld passed, %ld failed\n", fd_test_passed, fd_test_failed);

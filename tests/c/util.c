@@ -1,14 +1,19 @@
-/* Test bookkeeping, message matching and f16/bf16 conversions. */
+/* Test bookkeeping, message matching, status checks and f16/bf16/fp8 conversions. */
 #include "fd_test.h"
+
+#include <flashdecoding/flashdecoding.h>
 
 #include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 long fd_test_passed = 0;
 long fd_test_failed = 0;
+int g_have_gpu = 0;
+char g_msg[2048];
 
 int fd_test_check(int ok, const char* file, int line, const char* fmt, ...) {
   if (ok) {
@@ -86,6 +91,66 @@ int fd_test_mentions_number(const char* msg, unsigned long long v) {
   return 0;
 }
 
+int fd_test_env_flag(const char* name) {
+  const char* v = getenv(name);
+  return v != NULL && v[0] != '\0' && strcmp(v, "0") != 0;
+}
+
+int fd_test_build_has_fp8(void) {
+  const char* a = fd_compiled_architectures();
+  while (a != NULL && *a) {
+    if (*a >= '0' && *a <= '9') {
+      char* end;
+      long v = strtol(a, &end, 10);
+      if (v >= 89) return 1;
+      a = end;
+    } else {
+      ++a;
+    }
+  }
+  return 0;
+}
+
+/* ---- status checks ---------------------------------------------------------- */
+
+const char* status_name(int s) {
+  switch (s) {
+    case FD_STATUS_SUCCESS: return "SUCCESS";
+    case FD_STATUS_INVALID_PROBLEM: return "INVALID_PROBLEM";
+    case FD_STATUS_UNSUPPORTED: return "UNSUPPORTED";
+    case FD_STATUS_WORKSPACE_TOO_SMALL: return "WORKSPACE_TOO_SMALL";
+    case FD_STATUS_INVALID_POINTER: return "INVALID_POINTER";
+    case FD_STATUS_CUDA_ERROR: return "CUDA_ERROR";
+    default: return "?";
+  }
+}
+
+const char* last_msg(void) {
+  const char* m = fd_last_error_message();
+  if (m == NULL) {
+    CHECK(0, "fd_last_error_message() returned NULL");
+    g_msg[0] = '\0';
+  } else {
+    strncpy(g_msg, m, sizeof g_msg - 1);
+    g_msg[sizeof g_msg - 1] = '\0';
+  }
+  return g_msg;
+}
+
+void expect_status(const char* what, const char* entry, int got, int expected,
+                   const char* names) {
+  const char* msg = last_msg();
+  CHECK(got == expected, "%s: %s returned %d (%s), expected %d (%s); message: \"%s\"", what,
+        entry, got, status_name(got), expected, status_name(expected), msg);
+  if (got == expected && expected != FD_STATUS_SUCCESS) {
+    CHECK(msg[0] != '\0', "%s: %s refused with an empty fd_last_error_message()", what, entry);
+    if (names != NULL) {
+      CHECK(fd_test_names_spec(msg, names), "%s: %s message does not name %s: \"%s\"", what,
+            entry, names, msg);
+    }
+  }
+}
+
 /* ---- conversions ---------------------------------------------------------- */
 
 static uint32_t f32_bits(float f) {
@@ -154,6 +219,71 @@ float fd_test_bf16_to_f32(uint16_t h) {
   return bits_f32((uint32_t)h << 16);
 }
 
+float fd_test_fp8_e4m3_to_float(uint8_t b) {
+  int e = (b >> 3) & 0xf, m = b & 0x7;
+  float v;
+  if (e == 0xf && m == 0x7) return (float)NAN;
+  v = e == 0 ? ldexpf((float)m, -9) : ldexpf(1.0f + (float)m / 8.0f, e - 7);
+  return (b & 0x80) ? -v : v;
+}
+
+float fd_test_fp8_e5m2_to_float(uint8_t b) {
+  int e = (b >> 2) & 0x1f, m = b & 0x3;
+  float v;
+  if (e == 0x1f) v = m == 0 ? (float)INFINITY : (float)NAN;
+  else v = e == 0 ? ldexpf((float)m, -16) : ldexpf(1.0f + (float)m / 4.0f, e - 15);
+  return (b & 0x80) ? -v : v;
+}
+
+static void fp8_conversions(void) {
+  struct { uint8_t b; float e4m3, e5m2; } known[] = {
+    {0x00, 0.0f, 0.0f},
+    {0x01, 0.001953125f, 1.52587890625e-05f},     /* 2^-9, 2^-16: smallest subnormals */
+    {0x04, 0.0078125f, 6.103515625e-05f},         /* 4 * 2^-9; 2^-14 (e5m2 min normal) */
+    {0x07, 0.013671875f, 1.068115234375e-04f},    /* 7 * 2^-9 (largest subnormal); 1.75 * 2^-14 */
+    {0x08, 0.015625f, 1.220703125e-04f},          /* 2^-6 (e4m3 min normal); 2^-13 */
+    {0x38, 1.0f, 0.5f},
+    {0x3c, 1.5f, 1.0f},
+    {0x40, 2.0f, 2.0f},
+    {0x7b, 352.0f, 57344.0f},                     /* 1.375 * 2^8; e5m2 largest finite */
+    {0x7e, 448.0f, (float)NAN},                   /* e4m3 largest finite */
+    {0xb8, -1.0f, -0.5f},
+    {0xc0, -2.0f, -2.0f},
+  };
+  size_t i;
+  uint32_t b;
+  long bad = 0;
+  for (i = 0; i < sizeof known / sizeof known[0]; ++i) {
+    float a = fd_test_fp8_e4m3_to_float(known[i].b);
+    float c = fd_test_fp8_e5m2_to_float(known[i].b);
+    CHECK(a == known[i].e4m3, "fp8 e4m3 0x%02x = %.10g, expected %.10g", known[i].b, (double)a,
+          (double)known[i].e4m3);
+    CHECK(isnan(known[i].e5m2) ? isnan(c) : c == known[i].e5m2,
+          "fp8 e5m2 0x%02x = %.10g, expected %.10g", known[i].b, (double)c,
+          (double)known[i].e5m2);
+  }
+  CHECK(isnan(fd_test_fp8_e4m3_to_float(0x7f)) && isnan(fd_test_fp8_e4m3_to_float(0xff)),
+        "fp8 e4m3 0x7f / 0xff must be NaN");
+  CHECK(isinf(fd_test_fp8_e5m2_to_float(0x7c)) && fd_test_fp8_e5m2_to_float(0xfc) < 0 &&
+            isnan(fd_test_fp8_e5m2_to_float(0x7d)),
+        "fp8 e5m2 0x7c = +inf, 0xfc = -inf, 0x7d = NaN");
+  /* e5m2 is the upper byte of an f16: an independent check of every pattern. */
+  for (b = 0; b < 256u; ++b) {
+    float a = fd_test_fp8_e5m2_to_float((uint8_t)b);
+    float h = fd_test_f16_to_f32((uint16_t)(b << 8));
+    if (!(isnan(a) ? isnan(h) : a == h)) ++bad;
+  }
+  CHECK(bad == 0, "fp8 e5m2 differs from the f16 with the same upper byte for %ld patterns", bad);
+  /* e4m3: strictly increasing over the positive finite patterns, odd in the sign. */
+  bad = 0;
+  for (b = 1; b < 0x7fu; ++b) {
+    float lo = fd_test_fp8_e4m3_to_float((uint8_t)(b - 1));
+    float hi = fd_test_fp8_e4m3_to_float((uint8_t)b);
+    if (!(hi > lo) || fd_test_fp8_e4m3_to_float((uint8_t)(b | 0x80)) != -hi) ++bad;
+  }
+  CHECK(bad == 0, "fp8 e4m3 not monotonic / not odd for %ld patterns", bad);
+}
+
 void fd_test_conversions(void) {
   struct { float f; uint16_t h; } f16_cases[] = {
     {0.0f, 0x0000}, {1.0f, 0x3c00}, {-2.0f, 0xc000}, {65504.0f, 0x7bff},
@@ -202,6 +332,7 @@ void fd_test_conversions(void) {
     CHECK(isnan(fd_test_f16_to_f32(0xffffu)) && isnan(fd_test_bf16_to_f32(0xffffu)),
           "0xFFFF must be NaN in f16 and bf16");
   }
+  fp8_conversions();
 }
 
 double fd_test_uniform(uint64_t* state) {

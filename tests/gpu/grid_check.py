@@ -59,7 +59,10 @@ def reference(q, k, v, lens, scale, window=0, sink_tokens=0, sinks=None, alibi=N
     if window > 0:
         attended = attended & ((jj >= L - window) | (jj < sink_tokens))
     logits = logits.masked_fill(~attended, -math.inf)
-    m = logits.amax(dim=-1, keepdim=True)
+    if K == 0:  # no keys: only a sink logit (if any) is in the softmax
+        m = torch.full((B, Hkv, g, 1), -math.inf, device=q.device, dtype=torch.float64)
+    else:
+        m = logits.amax(dim=-1, keepdim=True)
     if sinks is not None:
         m = torch.maximum(m, sinks.double().reshape(1, Hkv, g, 1))
     m_safe = torch.where(torch.isinf(m), torch.zeros_like(m), m)

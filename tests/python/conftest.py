@@ -1,6 +1,18 @@
-"""Shared fixtures: the library, fake device arrays for host-only checks, GPU skips."""
+"""Shared fixtures: the library, fake device arrays for host-only checks, GPU skips.
+
+GPU tests carry the ``gpu`` marker (``@gpu`` or ``pytestmark = gpu``). Without a
+usable CUDA device they are skipped with the reason. With ``FD_REQUIRE_GPU=1``
+(set by scripts/gpu_check.sh on a GPU machine) a test that would be skipped for
+a missing GPU, PyTorch or CuPy, or for a PyTorch without CUDA, fails instead,
+with the reason (whole modules skipped at import included). Skips for facts of
+the machine or build (a second GPU, free memory, an older GPU) stay skips.
+``FD_ALLOW_SKIP`` (comma separated words, e.g. ``CuPy``) lets a skip whose
+reason names one of them stay a skip. The terminal summary lists, per test
+file, what ran and what was skipped and why, so a run says plainly which
+suites ran and which optional dependency was missing."""
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
@@ -13,7 +25,12 @@ from flashdecoding.cuda import gpu_status
 
 HAS_GPU, NO_GPU_REASON = gpu_status()
 
-gpu = pytest.mark.skipif(not HAS_GPU, reason=f"needs a CUDA GPU: {NO_GPU_REASON}")
+REQUIRE_GPU = os.environ.get("FD_REQUIRE_GPU", "") not in ("", "0")
+ALLOWED_SKIPS = [w.strip().lower() for w in os.environ.get("FD_ALLOW_SKIP", "").split(",")
+                 if w.strip()]
+
+# The marker of every test that needs a CUDA device (see pytest_runtest_setup).
+gpu = pytest.mark.gpu
 
 # Made-up device addresses for host-only checks (never dereferenced: every function
 # these tests call on them is documented as host-only).
@@ -85,3 +102,161 @@ def run_python(code: str, env=None, timeout=120):
                 full_env[key] = value
     return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------ GPU skips and FD_REQUIRE_GPU
+
+# Skip reasons that FD_REQUIRE_GPU=1 turns into failures: the device or a GPU
+# dependency is missing. Other skips (a second GPU, free memory, a build
+# without fp8 cells) are facts of the machine or build and stay skips; the
+# summary lists them with their reasons.
+REQUIRED_CATEGORIES = ("no GPU", "torch missing", "PyTorch without CUDA", "CuPy missing")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "gpu: needs a CUDA GPU; skipped without one, a failure with FD_REQUIRE_GPU=1")
+
+
+def skip_category(reason: str) -> str:
+    """What a skip reason is about: 'no GPU', 'torch missing', 'PyTorch without CUDA',
+    'CuPy missing', 'module missing' (another optional import), or 'other'."""
+    r = reason.lower()
+    missing = any(w in r for w in ("import", "no module", "not installed"))
+    if r.startswith("needs a cuda gpu"):
+        return "no GPU"
+    if "cupy" in r and missing:
+        return "CuPy missing"
+    if "torch" in r and missing:
+        return "torch missing"
+    if "torch" in r and "no cuda device" in r:
+        # On a machine without a GPU this is the missing GPU, not PyTorch.
+        return "PyTorch without CUDA" if HAS_GPU else "no GPU"
+    if missing:
+        return "module missing"
+    return "other"
+
+
+def _allowed(reason: str) -> bool:
+    r = reason.lower()
+    return any(word in r for word in ALLOWED_SKIPS)
+
+
+def _must_not_skip(reason: str) -> bool:
+    return REQUIRE_GPU and skip_category(reason) in REQUIRED_CATEGORIES and not _allowed(reason)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is None or HAS_GPU:
+        return
+    reason = f"needs a CUDA GPU: {NO_GPU_REASON}"
+    if _must_not_skip(reason):
+        pytest.fail(f"FD_REQUIRE_GPU=1 but this GPU test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        reason = str(longrepr[2])
+    else:
+        reason = str(getattr(longrepr, "longrepr", longrepr))
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+def _fail_instead(report, what: str) -> None:
+    reason = _skip_reason(report)
+    report.outcome = "failed"
+    report.longrepr = (f"FD_REQUIRE_GPU=1: {what} would have been skipped "
+                       f"({skip_category(reason)}): {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and _must_not_skip(_skip_reason(report)):
+        # A GPU machine's check must not pass by skipping.
+        _fail_instead(report, "this test")
+
+
+# Modules skipped at import (pytest.importorskip("torch") at the top) for a
+# reason FD_REQUIRE_GPU=1 does not accept: the run fails at its end, after the
+# other modules ran (a failed collection would stop them).
+_REFUSED_MODULE_SKIPS = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and _must_not_skip(_skip_reason(report)):
+        reason = _skip_reason(report)
+        _REFUSED_MODULE_SKIPS.append(
+            f"{report.nodeid or collector.nodeid}: skipped at import ({skip_category(reason)}): "
+            f"{reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _REFUSED_MODULE_SKIPS and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Per test file: passed / failed / skipped, and the skips grouped by why."""
+    stats = terminalreporter.stats
+    files = collections.OrderedDict()
+    others = collections.Counter()
+
+    def entry(nodeid):
+        name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        return files.setdefault(name, {"passed": 0, "failed": 0, "skipped": 0,
+                                       "why": collections.Counter()})
+
+    for key in ("passed", "failed", "error", "skipped"):
+        for report in stats.get(key, []):
+            nodeid = getattr(report, "nodeid", "")
+            when = getattr(report, "when", None)
+            if not nodeid or when == "teardown" or (key == "passed" and when != "call"):
+                continue
+            e = entry(nodeid)
+            if key == "skipped":
+                reason = _skip_reason(report)
+                category = skip_category(reason)
+                e["skipped"] += 1
+                e["why"][category] += 1
+                if category in ("other", "module missing"):
+                    others[reason] += 1
+            elif key in ("failed", "error"):
+                e["failed"] += 1
+            else:
+                e["passed"] += 1
+    write = terminalreporter.write_line
+    if not files and not _REFUSED_MODULE_SKIPS:
+        return
+    terminalreporter.section("suites")
+    totals = collections.Counter()
+    for name, e in files.items():
+        why = ", ".join(f"{n} {c}" for c, n in sorted(e["why"].items()))
+        line = (f"{name:32s} {e['passed']:5d} passed {e['failed']:4d} failed "
+                f"{e['skipped']:4d} skipped")
+        if why:
+            line += f"  ({why})"
+        write(line)
+        totals.update(e["why"])
+    gpu_line = "GPU: present" if HAS_GPU else f"GPU: none ({NO_GPU_REASON})"
+    if REQUIRE_GPU:
+        gpu_line += "; FD_REQUIRE_GPU=1: a missing GPU, torch or CuPy fails the run"
+    write(gpu_line)
+    for category, hint in (("torch missing", "pip install torch"),
+                           ("PyTorch without CUDA", "install a CUDA build of torch"),
+                           ("CuPy missing", "pip install cupy-cuda12x or cupy-cuda13x")):
+        if totals.get(category):
+            write(f"skipped for a missing optional dependency: {category} "
+                  f"({totals[category]} tests; {hint})")
+    if totals.get("no GPU"):
+        write(f"skipped for want of a GPU: {totals['no GPU']} tests")
+    for reason, count in others.most_common():
+        write(f"skipped ({count}): {reason}")
+    for line in _REFUSED_MODULE_SKIPS:
+        write(f"FAILED (FD_REQUIRE_GPU=1): {line}")

@@ -63,6 +63,21 @@ def test_bench_dispatches_to_flashdecoding_bench_main(monkeypatch):
     assert seen["argv"] == ["--quick", "--json", "x.json"]
 
 
+def test_bench_reaches_the_bench_package_without_a_gpu():
+    # --list prints the rows a run would measure; it needs neither torch's CUDA nor a GPU
+    r = run_python("import sys; from flashdecoding.cli import main; "
+                   "sys.exit(main(['bench', '--list', '--grid', 'perf']))",
+                   env={"CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("perf   32/8 D128 B1 K8192 bf16")
+    assert lines[-1].startswith("10 rows, 10 to measure")
+
+
+def test_bench_usage_error_is_2():
+    assert cli.main(["bench", "--grid", "nope"]) == 2
+
+
 def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as info:
         cli.main(["frobnicate"])

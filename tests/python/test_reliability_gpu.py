@@ -1,4 +1,4 @@
-"""Reliability (issue 5): determinism, batch invariance, concurrency, a huge
+"""Reliability: determinism, batch invariance, concurrency, a huge
 problem, misuse and several GPUs. GPU tests use PyTorch for memory, streams and
 graphs and skip cleanly without a GPU or without torch; the CPU tests (64-bit
 overflow refusals, per-thread error messages, host arrays) run everywhere.

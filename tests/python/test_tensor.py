@@ -92,3 +92,56 @@ def test_stream_handles():
     assert stream_handle(Stream.wrap(42)) == 42 and Stream.legacy().handle == 0
     with pytest.raises(TypeError):
         stream_handle(object())
+
+
+def test_dtype_names_are_canonical_whatever_names_them():
+    np = pytest.importorskip("numpy")
+    from flashdecoding.tensor import dtype_name_of
+
+    assert fd.TensorRef(addr(0), (4,), dtype="int32").dtype_name == "int32"
+    assert fd.TensorRef(addr(0), (4,), dtype=np.int32).dtype_name == "int32"
+    assert fd.TensorRef(addr(0), (4,), dtype="f16").dtype_name == "float16"
+    assert fd.TensorRef(addr(0), (4,), dtype="fp8_e4m3").dtype_name == "float8_e4m3fn"
+    assert dtype_name_of("torch.float8_e5m2") == "float8_e5m2"
+    assert dtype_name_of(np.dtype("float32")) == "float32"
+    # an array's own dtype is compared by name
+    assert fd.TensorRef(FakeCudaArray(addr(1), (3,), "<i4"), dtype="int32").dtype_name == "int32"
+    with pytest.raises(fd.InvalidProblem, match="dtype float32 given, but the array is int32"):
+        fd.TensorRef(FakeCudaArray(addr(1), (3,), "<i4"), dtype="float32")
+
+
+def test_torch_dtype_names_become_ours():
+    torch = pytest.importorskip("torch")
+    from flashdecoding.tensor import dtype_name_of
+
+    assert dtype_name_of(torch.int32) == "int32"
+    assert dtype_name_of(torch.float8_e4m3fn) == "float8_e4m3fn"
+    assert fd.TensorRef(addr(0), (2,), dtype=torch.bfloat16).element is fd.ElementKind.BF16
+
+
+class _HostBase:
+    """A stand-in DeviceBuffer over host memory (DeviceView only reads ptr, nbytes and
+    to_numpy from its base)."""
+
+    def __init__(self, array):
+        self.array = array
+        self.ptr = 1 << 40
+        self.nbytes = array.nbytes
+
+    def to_numpy(self, stream=None):
+        return self.array
+
+
+@pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2", "bfloat16", "float16"])
+def test_device_view_to_numpy_for_every_element_type(name):
+    np = pytest.importorskip("numpy")
+    from flashdecoding.cuda import DeviceView
+
+    kind = fd.ElementKind.parse(name)
+    host = np.arange(24, dtype=np.float32).astype(kind.numpy_dtype())
+    view = DeviceView(_HostBase(host), (3, 2), (4, 2), 1, kind.numpy_dtype())
+    got = view.to_numpy()
+    want = host[1:].reshape(-1)[:12].reshape(3, 4)[:, ::2]
+    assert got.dtype == kind.numpy_dtype()
+    assert np.array_equal(got.astype(np.float32), want.astype(np.float32))
+    assert view.element is kind
