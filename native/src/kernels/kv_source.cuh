@@ -19,12 +19,20 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../kernel_params.h"
+#include "../cta_shape.h"
 #include "../kv_layouts.h"
 #include "ptx.cuh"
 
 namespace fd {
+
+// The integer type of one stored K/V element (bits only).
+template <int KV_BYTES>
+struct KvStorage {
+  using type = typename std::conditional<KV_BYTES == 1, uint8_t, uint16_t>::type;
+};
 
 struct ContiguousKv {
   static constexpr bool kPaged = false;
@@ -49,22 +57,34 @@ struct ContiguousKv {
     key0 = key0_;
     end = end_;
   }
-  // The row strides are read from the kernel parameters where they are used.
+  // The row strides are read from the kernel parameters where they are used,
+  // and the arithmetic is done on element pointers (one shifted add per
+  // address; byte arithmetic took twice the integer instructions per row).
   template <int KV_BYTES>
   __device__ __forceinline__ bool row(const fd_decode_params& c, int r, const unsigned char** kp,
                                       const unsigned char** vp) const {
+    using E = typename KvStorage<KV_BYTES>::type;
     const int key = key0 + r;
-    *kp = k + key * c.k_stride_k * KV_BYTES;
-    *vp = v + key * c.v_stride_k * KV_BYTES;
+    *kp = reinterpret_cast<const unsigned char*>(reinterpret_cast<const E*>(k) + key * c.k_stride_k);
+    *vp = reinterpret_cast<const unsigned char*>(reinterpret_cast<const E*>(v) + key * c.v_stride_k);
     return key < end;
+  }
+  // Every tile's rows are one base apart.
+  static constexpr bool rows_from_base() { return true; }
+  template <int KV_BYTES>
+  __device__ __forceinline__ bool row_in_base(const fd_decode_params& c, int r,
+                                              const unsigned char** kp,
+                                              const unsigned char** vp) const {
+    return row<KV_BYTES>(c, r, kp, vp);
   }
   // Row pointers of key `key` for the pre-wait prefetch (always inside k and v).
   template <int KV_BYTES>
   __device__ __forceinline__ bool prefetch_row(const fd_decode_params& c, int key,
                                                const unsigned char** kp,
                                                const unsigned char** vp) const {
-    *kp = k + key * c.k_stride_k * KV_BYTES;
-    *vp = v + key * c.v_stride_k * KV_BYTES;
+    using E = typename KvStorage<KV_BYTES>::type;
+    *kp = reinterpret_cast<const unsigned char*>(reinterpret_cast<const E*>(k) + key * c.k_stride_k);
+    *vp = reinterpret_cast<const unsigned char*>(reinterpret_cast<const E*>(v) + key * c.v_stride_k);
     return true;
   }
 };
@@ -80,6 +100,9 @@ struct PagedKv {
   // Lane l < 16 looks up key key0 + l of a tile: its page id and in-page row.
   int page = 0, slot = 0, key0 = 0, end = 0;
   int next_page = 0, next_slot = 0, next_key0 = 0, next_end = 0;
+  bool one_page = false;    // the current tile lies in one page of the pool
+  const unsigned char* tile_k = nullptr;  // ... and its first row there
+  const unsigned char* tile_v = nullptr;
   bool bad = false;
 
   template <int KV_BYTES>
@@ -121,17 +144,36 @@ struct PagedKv {
     }
   }
   // The tile fetched last (key0_, end_ are the same values) becomes current.
+  // A tile whose 16 keys lie in one page (page sizes that are multiples of
+  // 16, tiles 16-aligned as they are without a window) addresses its rows
+  // from that page's base like a contiguous cache; others shuffle each row's
+  // page and slot from the lane that looked it up.
   __device__ __forceinline__ void take(int, int, int lane) {
     key0 = next_key0;
     end = next_end;
     page = next_page;
     slot = next_slot;
     // A page id outside the pool among the keys the sequence needs.
-    if (key0 + (lane & 15) < end &&
-        (page < 0 || page >= num_pages))
-      bad = true;
+    if (key0 + (lane & 15) < end && (page < 0 || page >= num_pages)) bad = true;
+    const int page0 = __shfl_sync(0xffffffffu, page, 0);
+    const int slot0 = __shfl_sync(0xffffffffu, slot, 0);
+    one_page = slot0 + kTileKeys <= page_size && page0 >= 0 && page0 < num_pages;
+    if (one_page) {
+      tile_k = k + static_cast<int64_t>(page0) * k_page + slot0 * k_row;
+      tile_v = v + static_cast<int64_t>(page0) * v_page + slot0 * v_row;
+    }
   }
-  // Every lane of the warp must call row() together (it shuffles).
+  // Whether the current tile lies in one page (then row_in_base), else each
+  // row is looked up (row, which shuffles: every lane must call it together).
+  __device__ __forceinline__ bool rows_from_base() const { return one_page; }
+  template <int KV_BYTES>
+  __device__ __forceinline__ bool row_in_base(const fd_decode_params&, int r,
+                                              const unsigned char** kp,
+                                              const unsigned char** vp) const {
+    *kp = tile_k + r * k_row;
+    *vp = tile_v + r * v_row;
+    return key0 + r < end;
+  }
   template <int KV_BYTES>
   __device__ __forceinline__ bool row(const fd_decode_params&, int r, const unsigned char** kp,
                                       const unsigned char** vp) const {

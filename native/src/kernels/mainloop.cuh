@@ -111,7 +111,9 @@ __device__ __forceinline__ void run_mainloop(RowState<Tr::kDpad / 8>& rs, unsign
   // The ring's base stays in a per-thread register (ptx::pin): as a uniform
   // register, ptxas 13.0 gave the contiguous kernels' evict-first copies
   // descriptor registers nothing writes (LDGSTS desc[UR1]: an illegal
-  // instruction at run time). tools/sass_check.py checks every build for it.
+  // instruction at run time), in some builds of every bucket. The pin costs
+  // padded tiles (D = 80, 96) 3% more loop instructions. tools/sass_check.py
+  // checks every build for such instructions.
   unsigned char* ring = ptx::pin(smem + warp * STAGES * Tile::kStageBytes);
   // Tiles dealt round robin, so the CTA's copies in flight are one contiguous
   // stretch (1-5% faster than a contiguous quarter per warp, docs/RESULTS.md).

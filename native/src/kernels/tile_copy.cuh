@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "../kernel_params.h"
+#include "kv_source.cuh"
 #include "ptx.cuh"
 #include "traits.cuh"
 
@@ -19,11 +20,12 @@ namespace fd {
 // 16-byte aligned rows); K and V rows interleaved, measured 1.5-3% faster than
 // all K rows, then all V rows (docs/RESULTS.md). EVICT_FIRST: the copies carry
 // an evict-first L2 policy (LaunchParams::kv_evict_first).
-template <class Tr, bool EVICT_FIRST, class Source>
-__device__ __forceinline__ void copy_tile_vec(unsigned char* sk, unsigned char* sv,
+template <class Tr, bool EVICT_FIRST, bool UNIFORM, class Source>
+__device__ __forceinline__ void copy_rows_vec(unsigned char* sk, unsigned char* sv,
                                               const Source& src, const fd_decode_params& c,
                                               int head_dim, int lane, uint64_t policy) {
   using Tile = typename Tr::Tile;
+  using E = typename KvStorage<Tr::kKvBytes>::type;
   // L2 prefetch hint: with the swizzled layout a warp's copies already cover
   // whole lines and no hint measured 0-1% faster (fewer L2 requests); the
   // padded layout streams better with 256-byte bursts.
@@ -34,21 +36,42 @@ __device__ __forceinline__ void copy_tile_vec(unsigned char* sk, unsigned char* 
 #pragma unroll
   for (int it = 0; it < kSteps; ++it) {
     const int i = lane + it * 32;
-    // Every lane takes part in row() (a paged source shuffles); a lane past
+    // Every lane takes part in row() (a paged source may shuffle); a lane past
     // the last copy of an uneven step asks for row 0 and copies nothing.
     const bool in_step = kCopies % 32 == 0 || i < kCopies;
     const int row = in_step ? i / kChunks : 0, ch = i % kChunks;
     const unsigned char* kr;
     const unsigned char* vr;
-    const bool row_ok = src.template row<Tr::kKvBytes>(c, row, &kr, &vr);
+    const bool row_ok = UNIFORM ? src.template row_in_base<Tr::kKvBytes>(c, row, &kr, &vr)
+                                : src.template row<Tr::kKvBytes>(c, row, &kr, &vr);
     if (!in_step) continue;
     const bool ok = row_ok && ch * Tr::kElemsPerChunk < head_dim;
-    const unsigned char* ks = ok ? kr + ch * 16 : src.k;
-    const unsigned char* vs = ok ? vr + ch * 16 : src.v;
+    const void* ks = ok ? reinterpret_cast<const E*>(kr) + ch * Tr::kElemsPerChunk
+                        : static_cast<const void*>(src.k);
+    const void* vs = ok ? reinterpret_cast<const E*>(vr) + ch * Tr::kElemsPerChunk
+                        : static_cast<const void*>(src.v);
     const int off = Tile::chunk_offset(row, ch);
     ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sk + off, ks, ok ? 16 : 0, policy);
     ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sv + off, vs, ok ? 16 : 0, policy);
   }
+}
+
+// One 16-key tile of K and V (the source's current tile) into sk / sv: rows
+// past the tile's end and columns >= head_dim are zero-filled.
+// Vectorised: 16-byte cp.async (head_dim * element bytes a multiple of 16,
+// 16-byte aligned rows); K and V rows interleaved, measured 1.5-3% faster than
+// all K rows, then all V rows (docs/RESULTS.md). EVICT_FIRST: the copies carry
+// an evict-first L2 policy (LaunchParams::kv_evict_first). A tile whose rows
+// are one base apart (always, for a contiguous cache) takes the copy loop
+// without per-row lookups; the choice is warp-uniform.
+template <class Tr, bool EVICT_FIRST, class Source>
+__device__ __forceinline__ void copy_tile_vec(unsigned char* sk, unsigned char* sv,
+                                              const Source& src, const fd_decode_params& c,
+                                              int head_dim, int lane, uint64_t policy) {
+  if (src.rows_from_base())
+    copy_rows_vec<Tr, EVICT_FIRST, true>(sk, sv, src, c, head_dim, lane, policy);
+  else
+    copy_rows_vec<Tr, EVICT_FIRST, false>(sk, sv, src, c, head_dim, lane, policy);
 }
 
 // The same with element loads, for any head_dim, stride or alignment.
@@ -57,7 +80,7 @@ __device__ __forceinline__ void copy_tile_elems(unsigned char* sk, unsigned char
                                                 const Source& src, const fd_decode_params& c,
                                                 int head_dim, int lane) {
   using Tile = typename Tr::Tile;
-  using E = typename std::conditional<Tr::kKvBytes == 1, uint8_t, uint16_t>::type;
+  using E = typename KvStorage<Tr::kKvBytes>::type;
   constexpr int DPAD = Tr::kDpad;
   static_assert(kTileKeys * DPAD % 32 == 0, "every lane runs every step (row() shuffles)");
   for (int i = lane; i < kTileKeys * DPAD; i += 32) {
