@@ -492,14 +492,18 @@ def test_k_len_at_int32_max_counts_every_key():
 
 
 @gpu
-def test_one_split_of_int32_max_keys_has_a_chunk_that_fits():
-    """Enough units for one split each, and k_len = INT32_MAX: the chunk,
-    rounded up to 64 keys, once wrapped to INT32_MIN (the kernel then read
-    nothing). Now the plan covers every key with a positive chunk."""
-    desc = fd.FlashDecodingDescriptor.new_gqa(512, 8, 8, 2 ** 31 - 1, 8, fd.ElementKind.F16)
+def test_int32_max_keys_split_into_positive_chunks_that_cover_every_key():
+    """Enough units for one split each, and k_len = INT32_MAX: the chunk, rounded
+    up to 64 keys, once wrapped to INT32_MIN (the kernel then read nothing). The
+    plan now covers every key with positive chunks of at most 2^19 keys (the bound
+    that keeps one split's f32 running sum accurate), so a split list forms even
+    where the units alone fill the GPU."""
+    k_len = 2 ** 31 - 1
+    desc = fd.FlashDecodingDescriptor.new_gqa(512, 8, 8, k_len, 8, fd.ElementKind.F16)
     plan = fd.FlashDecodingPlan.select(None, desc).launch_plan()
-    assert plan["num_splits"] == 1
-    assert plan["chunk_len"] == 2 ** 31 - 1
+    splits, chunk = plan["num_splits"], plan["chunk_len"]
+    assert 0 < chunk <= 2 ** 19 and chunk % 64 == 0
+    assert splits * chunk >= k_len > (splits - 1) * chunk  # every key, no empty split
 
 
 _MISUSE = r"""

@@ -193,10 +193,13 @@ def test_reimporting_the_module_is_harmless():
 
 @needs_torch
 def test_schemas_mark_what_is_written():
-    out = OPS.decode_out.default._schema
-    written = {a.name for a in out.arguments if a.alias_info is not None and a.alias_info.is_write}
-    assert written == {"out", "lse"}
-    assert len(out.returns) == 0
+    for name, expected in (("decode_out", ["out"]), ("decode_out_lse", ["out", "lse"])):
+        schema = getattr(OPS, name).default._schema
+        written = [a for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+        assert [a.name for a in written] == expected, name
+        # Required and positional: torch's in-place bookkeeping indexes them by position.
+        assert all(not a.has_default_value() and not a.kwarg_only for a in written), name
+        assert len(schema.returns) == 0, name
     for name in ("decode", "decode_lse"):
         schema = getattr(OPS, name).default._schema
         assert all(a.alias_info is None for a in schema.arguments), name
@@ -263,7 +266,7 @@ def test_fake_outputs_have_the_shapes_of_q(case):
     assert y.shape == q.shape and y.dtype == q.dtype
     assert lse.shape == q.shape[:2] and lse.dtype == torch.float32
     out, lse_out = torch.empty_like(q), meta(*q.shape[:2], dtype=torch.float32)
-    assert OPS.decode_out(q, k, v, out, lse_out, **kw) is None
+    assert OPS.decode_out_lse(q, k, v, out, lse_out, **kw) is None
     assert OPS.decode_out(q, k, v, out, **kw) is None
 
 
@@ -275,7 +278,8 @@ def test_opcheck_on_meta_tensors(case):
     torch.library.opcheck(OPS.decode.default, (q, k, v), kw)
     torch.library.opcheck(OPS.decode_lse.default, (q, k, v), kw)
     out, lse = torch.empty_like(q), meta(*q.shape[:2], dtype=torch.float32)
-    torch.library.opcheck(OPS.decode_out.default, (q, k, v, out, lse), kw)
+    torch.library.opcheck(OPS.decode_out.default, (q, k, v, out), kw)
+    torch.library.opcheck(OPS.decode_out_lse.default, (q, k, v, out, lse), kw)
 
 
 @needs_torch
@@ -330,7 +334,9 @@ REFUSALS = ["q of rank 2", "k of rank 3", "f32 q", "int8 k", "k and v of two typ
 def test_fake_refuses_malformed_calls_with_their_names(name):
     (q, k, v), kw, exc, words = _refusals()[name]
     for call in (lambda: OPS.decode(q, k, v, **kw), lambda: OPS.decode_lse(q, k, v, **kw),
-                 lambda: OPS.decode_out(q, k, v, torch.empty_like(q), None, **kw)):
+                 lambda: OPS.decode_out(q, k, v, torch.empty_like(q), **kw),
+                 lambda: OPS.decode_out_lse(q, k, v, torch.empty_like(q),
+                                            meta(*q.shape[:2], dtype=torch.float32), **kw)):
         with pytest.raises(exc) as info:
             call()
         assert words in str(info.value)
@@ -342,7 +348,7 @@ def test_decode_out_fake_checks_the_buffers():
     with pytest.raises(fd.InvalidProblem, match=r"out: expected torch.bfloat16 \(3, 8, 128\)"):
         OPS.decode_out(q, k, v, meta(3, 8, 64))
     with pytest.raises(fd.InvalidProblem, match=r"lse: expected torch.float32 \(3, 8\)"):
-        OPS.decode_out(q, k, v, torch.empty_like(q), meta(3, 8, dtype=torch.float16))
+        OPS.decode_out_lse(q, k, v, torch.empty_like(q), meta(3, 8, dtype=torch.float16))
 
 
 @needs_torch

@@ -2,7 +2,8 @@
 each integration is imported on purpose and needs its framework:
 
 * ``flashdecoding.integrations.torch`` (needs PyTorch): the custom ops
-  ``torch.ops.flashdecoding.decode`` / ``decode_lse`` / ``decode_out``, which
+  ``torch.ops.flashdecoding.decode`` / ``decode_lse`` / ``decode_out`` /
+  ``decode_out_lse``, which
   ``torch.compile(fullgraph=True)`` traces through and ``torch.cuda.graph`` captures;
   importing the module registers them.
 * ``flashdecoding.integrations.transformers`` (needs PyTorch and Hugging Face

@@ -1,11 +1,18 @@
 """flashdecoding as PyTorch custom ops (``torch.library``, namespace ``flashdecoding``).
 
-Importing this module registers three ops (``register()`` does it again harmlessly):
+Importing this module registers four ops (``register()`` does it again harmlessly):
 
 * ``torch.ops.flashdecoding.decode(q, k, v, ...) -> y``
 * ``torch.ops.flashdecoding.decode_lse(q, k, v, ...) -> (y, lse)``
-* ``torch.ops.flashdecoding.decode_out(q, k, v, out, lse=None, ...) -> ()`` writes
-  into ``out`` (and ``lse``); its schema marks both as mutated.
+* ``torch.ops.flashdecoding.decode_out(q, k, v, out, ...) -> ()`` writes into ``out``
+* ``torch.ops.flashdecoding.decode_out_lse(q, k, v, out, lse, ...) -> ()`` writes
+  into ``out`` and ``lse``.
+
+The schemas mark ``out`` and ``lse`` as mutated. Pass them positionally: PyTorch's
+in-place bookkeeping (the autograd ``ADInplaceOrView`` key) finds a mutated tensor
+by its position, and a mutated argument that is optional or given by name makes
+PyTorch 2.11 fail with an ``IndexError`` before the op runs. Hence two ops with
+required buffers rather than one with an optional ``lse``.
 
 q [B, H_q, D] f16/bf16; k, v [B, H_kv, K, D] (or page pools with a ``block_table``);
 y [B, H_q, D] like q; lse f32 [B, H_q] (natural log of the softmax denominator). The
@@ -37,7 +44,7 @@ from ..errors import InvalidPointer, InvalidProblem  # noqa: E402
 from ._torch_launch import Extensions, check_call, launch  # noqa: E402
 
 NAMESPACE = "flashdecoding"
-OPS = ("decode", "decode_lse", "decode_out")
+OPS = ("decode", "decode_lse", "decode_out", "decode_out_lse")
 
 # Every argument is positional-or-keyword: torch.library's custom_op takes no
 # keyword-only tensors. Callers pass the optional ones by name.
@@ -51,8 +58,9 @@ _OPTIONAL = (
 SCHEMAS = {
     "decode": f"(Tensor q, Tensor k, Tensor v, {_OPTIONAL}) -> Tensor",
     "decode_lse": f"(Tensor q, Tensor k, Tensor v, {_OPTIONAL}) -> (Tensor, Tensor)",
-    "decode_out": f"(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!)? lse=None, "
-                  f"{_OPTIONAL}) -> ()",
+    "decode_out": f"(Tensor q, Tensor k, Tensor v, Tensor(a!) out, {_OPTIONAL}) -> ()",
+    "decode_out_lse": f"(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, "
+                      f"{_OPTIONAL}) -> ()",
 }
 
 _lock = threading.Lock()
@@ -84,7 +92,11 @@ def _decode_lse_cuda(q, k, v, *args, **kwargs):
     return y, lse
 
 
-def _decode_out_cuda(q, k, v, out, lse=None, *args, **kwargs):
+def _decode_out_cuda(q, k, v, out, *args, **kwargs):
+    launch(q, k, v, out, None, Extensions(*args, **kwargs))
+
+
+def _decode_out_lse_cuda(q, k, v, out, lse, *args, **kwargs):
     launch(q, k, v, out, lse, Extensions(*args, **kwargs))
 
 
@@ -105,8 +117,7 @@ def _decode_lse_fake(q, k, v, *args, **kwargs):
     return q.new_empty(tuple(q.shape)), q.new_empty(tuple(q.shape[:2]), dtype=torch.float32)
 
 
-def _decode_out_fake(q, k, v, out, lse=None, *args, **kwargs):
-    check_call(q, k, v, Extensions(*args, **kwargs))
+def _check_out_buffers(q, out, lse):
     if tuple(out.shape) != tuple(q.shape) or out.dtype != q.dtype:
         raise InvalidProblem(f"out: expected {q.dtype} {tuple(q.shape)}, got {out.dtype} "
                              f"{tuple(out.shape)}")
@@ -115,10 +126,21 @@ def _decode_out_fake(q, k, v, out, lse=None, *args, **kwargs):
                              f"{lse.dtype} {tuple(lse.shape)}")
 
 
+def _decode_out_fake(q, k, v, out, *args, **kwargs):
+    check_call(q, k, v, Extensions(*args, **kwargs))
+    _check_out_buffers(q, out, None)
+
+
+def _decode_out_lse_fake(q, k, v, out, lse, *args, **kwargs):
+    check_call(q, k, v, Extensions(*args, **kwargs))
+    _check_out_buffers(q, out, lse)
+
+
 _IMPLEMENTATIONS = {
     "decode": (_decode_cuda, _decode_fake, ()),
     "decode_lse": (_decode_lse_cuda, _decode_lse_fake, ()),
-    "decode_out": (_decode_out_cuda, _decode_out_fake, ("out", "lse")),
+    "decode_out": (_decode_out_cuda, _decode_out_fake, ("out",)),
+    "decode_out_lse": (_decode_out_lse_cuda, _decode_out_lse_fake, ("out", "lse")),
 }
 
 
@@ -133,8 +155,8 @@ def _is_defined(name: str) -> bool:
 
 
 def register():
-    """Defines ``torch.ops.flashdecoding.{decode, decode_lse, decode_out}`` unless they
-    exist (a second call, or a re-imported module, changes nothing) and returns the
+    """Defines the ops of ``OPS`` in ``torch.ops.flashdecoding`` unless they exist (a
+    second call, or a re-imported module, changes nothing) and returns the
     ``torch.ops.flashdecoding`` namespace."""
     global _registered
     with _lock:
@@ -169,7 +191,8 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
            max_seq_len: Optional[int] = None, k_scale=None, v_scale=None):
     """``flashdecoding.flash_decode`` through the torch ops: the same keywords, torch
     tensors only. ``k_scale``/``v_scale``: a float (per tensor) or an f32 [H_kv]
-    tensor (per KV head). ``out``/``lse`` given: written in place (``decode_out``).
+    tensor (per KV head). ``out``/``lse`` given: written in place (``decode_out`` or
+    ``decode_out_lse``).
     Returns y, or (y, lse) when ``return_lse`` (or ``lse``) is given."""
     ops = torch.ops.flashdecoding  # registered at import; register() locks (not traceable)
     k_scales = k_scale if isinstance(k_scale, torch.Tensor) else None
@@ -190,7 +213,10 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         out = q.new_empty(tuple(q.shape))
     if want_lse and lse is None:
         lse = q.new_empty(tuple(q.shape[:2]), dtype=torch.float32)
-    ops.decode_out(q, k, v, out, lse, **optional)
+    if lse is None:
+        ops.decode_out(q, k, v, out, **optional)
+    else:
+        ops.decode_out_lse(q, k, v, out, lse, **optional)
     return (out, lse) if want_lse else out
 
 
