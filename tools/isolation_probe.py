@@ -14,10 +14,13 @@ import argparse
 
 import torch
 
-from flashdecoding import _bench_methods as mt
-from flashdecoding import _bench_shapes as shp
-from flashdecoding import _bench_stats as st
-from flashdecoding._bench_gpu import time_graph
+from flashdecoding.bench import data as data_mod
+from flashdecoding.bench import methods as mt
+from flashdecoding.bench import shapes as shp
+from flashdecoding.bench import stats as st
+from flashdecoding.bench.gpu import release_memory, time_graph
+
+GIB = 1 << 30
 
 DEFAULT = ["1,32,8,8192,128", "16,32,8,4096,128", "64,32,8,2048,128", "32,16,16,1024,64",
            "8,8,1,16384,128", "1,32,8,512,128"]
@@ -39,10 +42,11 @@ def main() -> None:
     print(f"separator kernel alone: {sep_us:.2f} us per call")
     print(f"{'shape':24s} {'method':14s} {'back-to-back':>13s} {'isolated':>9s} {'diff':>6s}")
     for text in a.shape or DEFAULT:
-        shape = shp.parse_shape(text)
-        kvb = shp.kv_bytes(shape, "bf16")
-        replicas = max(2, min(16, (1 << 30) // max(kvb, 1) + 1))
-        data = mt.ShapeData(shape, "bf16", torch.bfloat16, replicas, seed=0)
+        case = shp.Case(shp.parse_shape(text))
+        # as the bench sizes them: replicas enough to touch 1 GiB, at most 4 GiB in all
+        replicas = shp.replicas_for(case, GIB, 4 * GIB)
+        data = data_mod.CaseData(case, replicas, seed=0)
+        shape = case.shape
         for name in a.methods.split(","):
             prep = mt.prepare(name, data)
             plain = st.median(time_graph(prep.calls, n_calls, a.repeats))
@@ -60,7 +64,7 @@ def main() -> None:
                   f"{100 * (iso / plain - 1):+5.1f}%")
             del prep
         data.release()
-        torch.cuda.empty_cache()
+        release_memory()
 
 
 if __name__ == "__main__":

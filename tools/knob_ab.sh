@@ -38,7 +38,7 @@ for _ in $(seq "${REPS:-1}"); do
     echo "$set" > "$out/knobs-$n.name"
     # shellcheck disable=SC2086
     env $set FLASHDECODING_LIBRARY="$root/$bd/libflashdecoding.so" python3 -m flashdecoding.bench \
-      --methods flashdecoding --quick --no-progress --json "$out/knobs-$n.json" ${SHAPES:-} \
+      --methods flashdecoding --grid perf --quick --no-progress --json "$out/knobs-$n.json" ${SHAPES:-} \
       > "$out/knobs-$n.log" 2>&1 || { echo "set '$set' rc=$? (log: $out/knobs-$n.log)"; failed=1; }
   done
 done

@@ -3,8 +3,9 @@
 # defaults come from what this shows, recorded in docs/RESULTS.md). Builds the
 # tree once with -DFD_ENABLE_TUNING=ON (a measurement build that reads the
 # FD_TUNE_* overrides; never install it), then times flashdecoding alone on
-# the bench's quick grid with the library's defaults, with each knob setting,
-# and with each forced split count, and prints one table.
+# the bench's quick perf grid (--shape replaces it) with the library's
+# defaults, with each knob setting, and with each forced split count, and
+# prints one table.
 #
 #   usage: tools/tune.sh [--out DIR] [bench args...]
 #   env:   FD_OUT_DIR         output folder (default build/tune; --out wins)
@@ -44,7 +45,7 @@ failed=0
 run_bench() {  # run_bench <name> [VAR=value]
   local name=$1; shift
   if ! env "$@" FLASHDECODING_LIBRARY="$lib" python3 -m flashdecoding.bench \
-      --methods flashdecoding --quick --no-progress --json "$out/$name.json" "${bench_args[@]}" \
+      --methods flashdecoding --grid perf --quick --no-progress --json "$out/$name.json" "${bench_args[@]}" \
       > "$out/$name.log" 2>&1; then
     echo "tune: $name failed (log: $out/$name.log)" >&2
     failed=1

@@ -8,7 +8,6 @@ bench  the benchmark suite (flashdecoding.bench)
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
 import statistics
 import sys
@@ -22,7 +21,8 @@ TOLERANCE = {"f16": 2e-3, "bf16": 1e-2}
 # --------------------------------------------------------------------------- info
 
 def cmd_info(_args) -> int:
-    from . import _capi, _native
+    from . import _native
+    from .cells import kernel_cells
     from .cuda import compute_capability, device_name, gpu_status
 
     print(f"flashdecoding (Python) {__version__}")
@@ -39,14 +39,15 @@ def cmd_info(_args) -> int:
     except Exception:
         print("cuda-python: not installed")
     print(f"compiled architectures: {lib.fd_compiled_architectures().decode()}")
-    count = lib.fd_kernel_cell_count()
-    print(f"kernel cells: {count}")
-    cell = _capi.FdKernelCell()
-    for i in range(count):
-        _native.check(lib.fd_kernel_cell_get(i, ctypes.byref(cell)))
-        kind = {1: "f16", 2: "bf16"}.get(cell.dtype, str(cell.dtype))
-        print(f"  [{i}] {kind:<5} head_dim {cell.head_dim:>3}  group/CTA {cell.max_group_per_cta:>2}"
-              f"  {cell.name.decode()}")
+    cells = kernel_cells()
+    print(f"kernel cells: {len(cells)}")
+    print(f"  {'#':>4}  {'q':<9} {'kv':<9} {'head_dim':>8}  {'cache':<10} {'from':<5} "
+          f"{'group/CTA':>9}  name")
+    for c in cells:
+        q = c.element.short_name if c.element is not None else "f16/bf16"
+        print(f"  {c.index:>4}  {q:<9} {c.kv_element.short_name:<9} {c.head_dim:>8}  "
+              f"{'paged' if c.paged else 'contiguous':<10} {c.arch.min_arch.name:<5} "
+              f"{c.max_group_per_cta:>9}  {c.name}")
     ok, why = gpu_status()
     if ok:
         major, minor = compute_capability()

@@ -120,13 +120,16 @@ def pytest_configure(config):
 
 def skip_category(reason: str) -> str:
     """What a skip reason is about: 'no GPU', 'torch missing', 'PyTorch without CUDA',
-    'CuPy missing', 'module missing' (another optional import), or 'other'."""
+    'CuPy missing', 'transformers missing', 'module missing' (another optional
+    import), or 'other'."""
     r = reason.lower()
     missing = any(w in r for w in ("import", "no module", "not installed"))
     if r.startswith("needs a cuda gpu"):
         return "no GPU"
     if "cupy" in r and missing:
         return "CuPy missing"
+    if "transformers" in r and missing:
+        return "transformers missing"
     if "torch" in r and missing:
         return "torch missing"
     if "torch" in r and "no cuda device" in r:
@@ -250,7 +253,8 @@ def pytest_terminal_summary(terminalreporter):
     write(gpu_line)
     for category, hint in (("torch missing", "pip install torch"),
                            ("PyTorch without CUDA", "install a CUDA build of torch"),
-                           ("CuPy missing", "pip install cupy-cuda12x or cupy-cuda13x")):
+                           ("CuPy missing", "pip install cupy-cuda12x or cupy-cuda13x"),
+                           ("transformers missing", "pip install transformers")):
         if totals.get(category):
             write(f"skipped for a missing optional dependency: {category} "
                   f"({totals[category]} tests; {hint})")

@@ -18,8 +18,14 @@ def test_info_lists_versions_archs_cells_and_gpu():
     assert f"flashdecoding (Python) {fd.__version__}" in out
     assert f"library: {fd.__version__}" in out
     assert f"compiled architectures: {fd.compiled_architectures()}" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith("  ") and line.split()[0].isdigit()}
     for cell in fd.kernel_cells():
+        row = rows[str(cell.index)]
         assert cell.name in out
+        q = cell.element.short_name if cell.element is not None else "f16/bf16"
+        assert row[1:6] == [q, cell.kv_element.short_name, str(cell.head_dim),
+                            "paged" if cell.paged else "contiguous", cell.arch.min_arch.name]
     assert "GPU: " in out
     if not HAS_GPU:
         assert "GPU: no GPU" in out

@@ -347,13 +347,39 @@ def test_resolve_asks_the_library_about_features():
     assert info.value.status == fd.Unsupported.status
 
 
-def test_resolve_refuses_an_architecture_not_compiled():
-    compiled = fd.dispatch_key.compiled_architectures()
-    missing = [a for a in fd.SmArch if not arch_runs(a, compiled)]
-    if not missing:
-        pytest.skip("the library runs on every known architecture")
-    with pytest.raises(fd.DispatchError, match="carries no code"):
-        _compiled_key(arch=missing[0]).resolve()
+def _pretend_compiled(monkeypatch, text):
+    """resolve() sees ``text`` as the library's list of compiled architectures."""
+    monkeypatch.setattr(fd.dispatch_key, "compiled_architectures_text", lambda: text)
+    monkeypatch.setattr(fd.dispatch_key, "compiled_architectures",
+                        lambda: parse_architectures(text))
+
+
+@pytest.mark.parametrize("compiled, arch", [
+    ("80,86", fd.SmArch.SM90),        # cubins of an older major only
+    ("90a", fd.SmArch.SM100),         # an arch-specific cubin runs on that arch alone
+    ("ptx90a", fd.SmArch.SM100),      # and so does its PTX
+    ("89", fd.SmArch.SM86),           # a cubin never runs on a lower minor
+    ("100,ptx100", fd.SmArch.SM90),   # nor does newer PTX
+])
+def test_resolve_refuses_an_architecture_not_compiled(monkeypatch, compiled, arch):
+    _pretend_compiled(monkeypatch, compiled)
+    with pytest.raises(fd.DispatchError) as info:
+        fd.DispatchKey(arch=arch, dtype=fd.DType.BF16, head_dim=128, gqa_ratio=4).resolve()
+    assert str(info.value) == (f"this library carries no code that runs on {arch.name} "
+                               f"(compiled: {compiled})")
+
+
+@pytest.mark.parametrize("compiled, arch", [
+    ("80", fd.SmArch.SM86),           # same major, higher minor
+    ("ptx80", fd.SmArch.SM120),       # PTX runs on anything newer
+    ("80,90a", fd.SmArch.SM90),
+])
+def test_resolve_passes_the_architecture_check_where_the_code_runs(monkeypatch, compiled, arch):
+    _pretend_compiled(monkeypatch, compiled)
+    try:
+        fd.DispatchKey(arch=arch, dtype=fd.DType.BF16, head_dim=128, gqa_ratio=4).resolve()
+    except fd.DispatchError as e:  # a later step (the loaded library) may refuse; not this one
+        assert "carries no code" not in str(e)
 
 
 def test_plan_dispatch_key_names_the_bucket_and_resolves_to_its_sku():

@@ -1,4 +1,4 @@
-"""Property tests of the C ABI's refusals, beyond test_hypothesis.py
+"""Property tests of the C ABI's refusals, beyond test_python_mirrors_c.py
 (which covers descriptors, extents, strides, shapes and workspace sizes over
 well-formed, disjoint addresses): here every pointer and the workspace are drawn
 too (NULL, odd addresses, y overlapping an input, the workspace overlapping a

@@ -1,6 +1,13 @@
-"""Property tests: for any descriptor, shapes and strides, Python and the C library
-agree (accept both, or refuse with the same status and message); nothing crashes;
-workspace sizes are the C function's."""
+"""Property tests that the Python layer mirrors the C library: for any descriptor,
+shapes and strides, Python's verdict is C's verbatim (accept both, or refuse with
+the same status and message), and its workspace sizes are C's.
+
+The oracle of the first two properties is the C check itself (the Python layer
+calls it too), so they catch the layers drifting apart (a refusal Python adds or
+drops, a message it rewrites), not errors of the contract; test_properties.py
+checks the contract against an independent Python model. What Python checks on
+its own (the D-axis stride, strides past int64, tensor shapes) is drawn as well
+and checked against the documented message, since the C ABI never sees it."""
 from __future__ import annotations
 
 import ctypes
@@ -31,7 +38,7 @@ def fits_int32(*values):
 
 @SETTINGS
 @given(b=EXTENT, h=HEADS, hkv=HEADS, k_len=EXTENT, d=HEAD_DIM, scale=SCALE, element=ELEMENT)
-def test_select_agrees_with_c_check_problem(b, h, hkv, k_len, d, scale, element):
+def test_select_reports_the_c_problem_check_verbatim(b, h, hkv, k_len, d, scale, element):
     lib = _native.lib()
     desc = fd.FlashDecodingDescriptor(b, h, hkv, k_len, d, scale, element)
     try:
@@ -66,12 +73,27 @@ def _problems():
                      st.sampled_from([fd.ElementKind.F16, fd.ElementKind.BF16]))
 
 
-STRIDE = st.one_of(st.none(), st.integers(-4, 2 ** 20), st.sampled_from([0, 2 ** 40, 2 ** 62, -2 ** 62]))
+STRIDE = st.one_of(st.none(), st.integers(-4, 2 ** 20),
+                   st.sampled_from([0, 2 ** 40, 2 ** 62, -2 ** 62, 2 ** 63, -2 ** 63 - 1]))
+# The D axis: mostly contiguous, sometimes not (a refusal only Python can give).
+D_STRIDE = st.one_of(st.just(1), st.just(1), st.just(1), st.integers(-2, 3))
+
+
+def python_only_refusal(strides, d):
+    """The message of check_args's own stride checks for these strides, tensor by
+    tensor in its order (q, k, v, y), or None when they pass to the C check."""
+    for name in "qkvy":
+        if d > 1 and strides[name][-1] != 1:
+            return f"{name}: the D axis stride must be 1 (contiguous), got {strides[name][-1]}"
+        for s in strides[name]:
+            if not -2 ** 63 <= s < 2 ** 63:
+                return f"{name} stride={s} does not fit the C int64_t of the API"
+    return None
 
 
 @SETTINGS
 @given(problem=_problems(), data=st.data())
-def test_can_implement_agrees_with_c_check(problem, data):
+def test_can_implement_reports_the_c_call_check_verbatim(problem, data):
     b, g, hkv, k_len, d, element = problem
     h = g * hkv
     desc = fd.FlashDecodingDescriptor.new_gqa(b, h, hkv, k_len, d, element)
@@ -81,7 +103,8 @@ def test_can_implement_agrees_with_c_check(problem, data):
     for name, shape in shapes.items():
         base = list(contiguous(shape))
         drawn = [data.draw(STRIDE, label=f"{name}_stride{i}") for i in range(len(shape) - 1)]
-        strides[name] = tuple([base[i] if s is None else s for i, s in enumerate(drawn)] + [1])
+        last = data.draw(D_STRIDE, label=f"{name}_d_stride")
+        strides[name] = tuple([base[i] if s is None else s for i, s in enumerate(drawn)] + [last])
     ws_bytes = data.draw(st.sampled_from([0, plan.workspace_size(), max(plan.workspace_size() - 1, 0),
                                           plan.workspace_size() + 4096]), label="ws")
     ws = fd.Workspace(addr(5), ws_bytes) if ws_bytes else fd.Workspace.none()
@@ -96,6 +119,10 @@ def test_can_implement_agrees_with_c_check(problem, data):
         py = (e.status, str(e))
         if isinstance(e, fd.WorkspaceTooSmall):
             assert e.needed == plan.workspace_size() and e.got == ws_bytes
+    python_only = python_only_refusal(strides, d)
+    if python_only is not None:
+        assert py == (fd.InvalidProblem.status, python_only)
+        return
     s = {n: strides[n] for n in "qkvy"}
     status = _native.lib().fd_flash_decoding_check(
         int(element), addr(0), addr(1), addr(2), addr(3), addr(5) if ws_bytes else None, ws_bytes,
