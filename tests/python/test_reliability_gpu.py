@@ -448,14 +448,14 @@ def test_huge_problem_more_than_2_31_elements_is_exact_on_sampled_heads():
 
 @gpu
 def test_k_len_at_int32_max_counts_every_key():
-    """A broadcast cache (K and V strides 0) of INT32_MAX keys, cut into 16
-    splits: the last chunk's end (16 x 2^27 keys) passes INT32_MAX, which once
-    wrapped and dropped that split. All scores are equal, so y is the V row
-    whatever the weights; the LSE is score + ln(k_len) only if every key counted
-    (a dropped split is off by ln(15/16)). y is checked for being written only:
-    2^21 tiles summed into one warp's f32 tensor-core accumulator drift low
-    (measured 18-28% here; at realistic lengths, <= ~1000 tiles per warp, the
-    grid's error stays below 4e-3)."""
+    """A broadcast cache (K and V strides 0) of INT32_MAX keys: the last chunk's
+    end once passed INT32_MAX, wrapped and dropped that split. All scores are
+    equal, so y is the V row whatever the weights; the LSE is score + ln(k_len)
+    only if every key counted (a dropped split of 16 is off by ln(15/16)). With
+    16 splits of 2^27 keys, one warp's f32 accumulator summed 2^21 tiles and y
+    came out 18-28% low; chunks of at most 2^19 keys (2^13 tiles per warp, whose
+    sum of 16-bit terms an f32 holds exactly) must give y to the tolerance of
+    every other test."""
     torch = _torch()
     b, hq, hkv, k_len, d = 1, 8, 1, 2 ** 31 - 1, 8
     g = torch.Generator(device="cuda").manual_seed(7)
@@ -488,7 +488,9 @@ def test_k_len_at_int32_max_counts_every_key():
     score = (q.double() @ k.double()) * d ** -0.5  # [b, hq]
     want_lse = score + np.log(k_len)
     assert torch.allclose(lse.double(), want_lse, rtol=0, atol=1e-3), (lse, want_lse)
-    assert torch.isfinite(y).all()
+    want_y = v.double().expand(b, hq, d)
+    err = ((y.double() - want_y).abs().max() / want_y.abs().max()).item()
+    assert err <= 2e-3, f"relative error {err:.3e} > 2e-3 at k_len = INT32_MAX"
 
 
 @gpu
