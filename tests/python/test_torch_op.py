@@ -163,7 +163,9 @@ def test_transformers_registration_without_transformers_names_what_is_missing():
     """)
     assert "refused: flashdecoding.integrations.transformers needs PyTorch and Hugging Face " \
            "transformers" in out
-    assert "transformers is hidden" in out
+    # the first missing import is named: transformers here, torch where it is absent too
+    assert ("transformers is hidden" in out if torch is not None
+            else "No module named 'torch'" in out), out
 
 
 # ---------------------------------------------------------------------- registration
