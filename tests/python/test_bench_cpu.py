@@ -1060,7 +1060,7 @@ def test_commit_info(tmp_path):
     # REPO_ROOT is the checkout the package was imported from; an installed package
     # (site-packages) has none, and its commit comes from FD_COMMIT or nowhere.
     checkout = Path(__file__).resolve().parents[2]
-    if Path(meta.__file__).resolve().is_relative_to(checkout):
+    if Path(meta.__file__).resolve().is_relative_to(checkout / "python"):
         assert meta.REPO_ROOT == checkout and (checkout / "pyproject.toml").is_file()
     else:
         assert meta.REPO_ROOT == Path(meta.__file__).resolve().parents[3]
