@@ -14,12 +14,15 @@ from .kinds import ElementKind, PlanPreference
 from .plan import FlashDecodingPlan, Workspace
 from .tensor import TensorRef, as_mut, as_ref
 
-_PLAN_CACHE_SIZE = 128
+# Plans of flash_decode and of the torch ops, one cache per process: a model with
+# many layers of a few shapes fits; an LRU beyond that.
+_PLAN_CACHE_SIZE = 256
 _plans: "collections.OrderedDict[tuple, FlashDecodingPlan]" = collections.OrderedDict()
 _plans_lock = threading.Lock()
 
 
-def _plan_for(desc: FlashDecodingDescriptor, pref: PlanPreference) -> FlashDecodingPlan:
+def plan_for(desc: FlashDecodingDescriptor, pref: PlanPreference) -> FlashDecodingPlan:
+    """The plan of ``desc`` (checked by the library, host only), cached per problem."""
     key = (desc, pref)
     with _plans_lock:
         plan = _plans.get(key)
@@ -188,7 +191,7 @@ def flash_decode(q, k, v, *, scale: Optional[float] = None, out=None, lse=None,
         soft_cap=soft_cap, k_scale=k_scale_f, v_scale=v_scale_f, page_size=page_size,
         max_pages=max_pages, num_pages=num_pages)
     pref = PlanPreference.BATCH_INVARIANT if batch_invariant else PlanPreference.DEFAULT
-    plan = _plan_for(desc, pref)
+    plan = plan_for(desc, pref)
 
     # Each array is wrapped once: these refs serve the stream choice and the call.
     extras = {name: None if a is None else as_ref(a)

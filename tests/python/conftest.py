@@ -13,6 +13,7 @@ suites ran and which optional dependency was missing."""
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import sys
 import pytest
 
 import flashdecoding as fd
-from flashdecoding import _native
+from flashdecoding import _capi, _native
 from flashdecoding.cuda import gpu_status
 
 HAS_GPU, NO_GPU_REASON = gpu_status()
@@ -41,6 +42,29 @@ REGION = 1 << 34
 def addr(i: int) -> int:
     """Start of the i-th disjoint fake region."""
     return BASE + i * REGION
+
+
+class RecordedLaunches:
+    """Stands in for a C run function (fd_decode, fd_merge_states): records a copy of
+    each params struct and answers with the matching check's status, so its message
+    stays the thread's last error. Host-only tests see what Python would launch."""
+
+    def __init__(self, struct, check: str):
+        self.calls, self.statuses = [], []
+        self._struct, self._check = struct, getattr(_native.lib(), check)
+
+    def __call__(self, params):
+        self.calls.append(self._struct.from_buffer_copy(params))
+        self.statuses.append(self._check(ctypes.byref(params)))
+        return self.statuses[-1]
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """fd_decode replaced by a RecordedLaunches (a test module may define its own)."""
+    rec = RecordedLaunches(_capi.FdDecodeParams, "fd_decode_check")
+    monkeypatch.setattr(fd.plan, "_c_decode", rec)
+    return rec
 
 
 class FakeCudaArray:

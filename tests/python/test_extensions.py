@@ -21,30 +21,6 @@ from conftest import addr
 DESC = fd.FlashDecodingDescriptor.new_gqa(2, 8, 2, 100, 64, fd.ElementKind.F16)
 
 
-class Launches:
-    """Stands in for fd_decode: records each params struct and answers with
-    fd_decode_check's status (and its message stays the thread's last error)."""
-
-    def __init__(self):
-        self.calls = []
-        self.statuses = []
-        self.lib = _native.lib()
-
-    def __call__(self, params):
-        copy = _capi.FdDecodeParams.from_buffer_copy(params)
-        self.calls.append(copy)
-        status = self.lib.fd_decode_check(ctypes.byref(params))
-        self.statuses.append(status)
-        return status
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    rec = Launches()
-    monkeypatch.setattr(fd.plan, "_c_decode", rec)
-    return rec
-
-
 def ref(i, shape, dtype="float16", stride=None, offset=0):
     return fd.TensorRef(addr(i) + offset, shape, stride, dtype=dtype)
 

@@ -4,12 +4,10 @@ scales, 1-byte alignment), and each refusal with its message. Made-up device
 addresses; the launch is fd_decode_check (see test_extensions.py)."""
 from __future__ import annotations
 
-import ctypes
-
 import pytest
 
 import flashdecoding as fd
-from flashdecoding import _capi, _native
+from flashdecoding import _capi
 from conftest import FakeCudaArray, addr
 
 B, HQ, HKV, K, D = 2, 8, 2, 100, 128
@@ -17,23 +15,6 @@ FP8 = [("float8_e4m3fn", fd.ElementKind.FP8_E4M3), ("float8_e5m2", fd.ElementKin
 
 pytestmark = pytest.mark.skipif(not fd.head_dim_buckets(fd.ElementKind.FP8_E4M3),
                                 reason="this build has no fp8 cells")
-
-
-class Launches:
-    def __init__(self):
-        self.calls, self.statuses, self.lib = [], [], _native.lib()
-
-    def __call__(self, params):
-        self.calls.append(_capi.FdDecodeParams.from_buffer_copy(params))
-        self.statuses.append(self.lib.fd_decode_check(ctypes.byref(params)))
-        return self.statuses[-1]
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    rec = Launches()
-    monkeypatch.setattr(fd.plan, "_c_decode", rec)
-    return rec
 
 
 def ref(i, shape, dtype, offset=0, stride=None):

@@ -4,30 +4,18 @@ each refusal with its message, over made-up device addresses. The launch
 makes before launching, so nothing is ever written."""
 from __future__ import annotations
 
-import ctypes
-
 import pytest
 
 import flashdecoding as fd
-from flashdecoding import _capi, _native
-from conftest import addr
+from flashdecoding import _capi
+from conftest import RecordedLaunches, addr
 
 N, B, H, D = 3, 2, 4, 64
 
 
-class Launches:
-    def __init__(self):
-        self.calls, self.statuses, self.lib = [], [], _native.lib()
-
-    def __call__(self, params):
-        self.calls.append(_capi.FdMergeParams.from_buffer_copy(params))
-        self.statuses.append(self.lib.fd_merge_states_check(ctypes.byref(params)))
-        return self.statuses[-1]
-
-
 @pytest.fixture
 def launches(monkeypatch):
-    rec = Launches()
+    rec = RecordedLaunches(_capi.FdMergeParams, "fd_merge_states_check")
     monkeypatch.setattr(fd.merge, "_c_merge", rec)
     return rec
 

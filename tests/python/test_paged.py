@@ -4,33 +4,14 @@ refusal of a host-side field, with its message. Made-up device addresses; the
 launch is fd_decode_check (see test_extensions.py), so nothing is written."""
 from __future__ import annotations
 
-import ctypes
-
 import pytest
 
 import flashdecoding as fd
-from flashdecoding import _capi, _native
+from flashdecoding import _capi
 from conftest import addr
 
 B, HQ, HKV, D = 3, 8, 2, 64
 PAGE, PAGES, MAX_PAGES = 16, 40, 5
-
-
-class Launches:
-    def __init__(self):
-        self.calls, self.statuses, self.lib = [], [], _native.lib()
-
-    def __call__(self, params):
-        self.calls.append(_capi.FdDecodeParams.from_buffer_copy(params))
-        self.statuses.append(self.lib.fd_decode_check(ctypes.byref(params)))
-        return self.statuses[-1]
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    rec = Launches()
-    monkeypatch.setattr(fd.plan, "_c_decode", rec)
-    return rec
 
 
 def ref(i, shape, dtype="float16", stride=None, offset=0):

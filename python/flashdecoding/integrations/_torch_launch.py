@@ -13,17 +13,16 @@ fake tensors too (the ops' fake implementations run ``check_call``).
 """
 from __future__ import annotations
 
-import collections
-import threading
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+from ..api import plan_for
 from ..decode_args import FlashDecodingArgs, FlashDecodingPagedArgs
 from ..descriptor import FlashDecodingDescriptor, check_kv_layout
 from ..errors import InvalidPointer, InvalidProblem, Unsupported
 from ..kinds import ElementKind, PlanPreference
-from ..plan import FlashDecodingPlan, Workspace
+from ..plan import Workspace
 from ..tensor import TensorMut, TensorRef
 
 
@@ -160,27 +159,6 @@ def describe(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         k_scale=ext.k_scale, v_scale=ext.v_scale, **paging)
     pref = PlanPreference.BATCH_INVARIANT if ext.batch_invariant else PlanPreference.DEFAULT
     return desc, pref
-
-
-_PLAN_CACHE_SIZE = 256
-_plans: "collections.OrderedDict[tuple, FlashDecodingPlan]" = collections.OrderedDict()
-_plans_lock = threading.Lock()
-
-
-def plan_for(desc: FlashDecodingDescriptor, pref: PlanPreference) -> FlashDecodingPlan:
-    """The plan of ``desc`` (checked by the library, host only), cached per problem."""
-    key = (desc, pref)
-    with _plans_lock:
-        plan = _plans.get(key)
-        if plan is not None:
-            _plans.move_to_end(key)
-            return plan
-    plan = FlashDecodingPlan.select(None, desc, pref)
-    with _plans_lock:
-        _plans[key] = plan
-        while len(_plans) > _PLAN_CACHE_SIZE:
-            _plans.popitem(last=False)
-    return plan
 
 
 def _ref(t: torch.Tensor, writable: bool = False) -> TensorRef:
