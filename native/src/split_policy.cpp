@@ -55,11 +55,16 @@ SplitChoice choose_splits(const Problem& p, int num_sms, int ctas_per_sm) {
   // nothing to pair; otherwise at one per SM. At most 16 splits (more cost the
   // merge more than they gain) unless the units are so few that 16 would
   // leave SMs idle (B = 1 with one to eight KV heads on 132 SMs): then up to
-  // one CTA per SM. Never a chunk longer than kMaxChunkKeys.
+  // one CTA per SM for a 16-bit cache, and the two per SM of the rest for an
+  // fp8 one, which issues twice the instructions per byte and needs the
+  // second CTA's warps to keep HBM busy (H200, docs/RESULTS.md: 32/8 fp8 B1
+  // K32768 39.4 -> 29.8 us, while 16-bit 64/8 B1 K32768 and 8/1 B1 K1048576
+  // lost 4-5% at two per SM). Never a chunk longer than kMaxChunkKeys.
   const int64_t units = units_of(p);
   const int64_t sms = std::max(num_sms, 1);
   const int64_t per_sm = ctas_per_sm >= 2 && 2 * units <= sms ? 2 : 1;
-  const int64_t cap = std::max<int64_t>(kPolicyMaxSplits, sms / units);
+  const int64_t few_units_per_sm = kv_elem_bytes(p) == 1 ? per_sm : 1;
+  const int64_t cap = std::max<int64_t>(kPolicyMaxSplits, few_units_per_sm * sms / units);
   int64_t s = std::max<int64_t>(1, std::min<int64_t>(per_sm * sms / units, cap));
   s = std::min<int64_t>(s, max_splits(p));
   s = std::max<int64_t>(s, accuracy_splits(p));

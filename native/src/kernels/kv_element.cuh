@@ -7,8 +7,9 @@
 //                as they are (ldmatrix, ldmatrix.trans).
 //   Fp8<E5M2>    k, v in fp8 (e4m3 or e5m2), q and y f16 or bf16 (chosen per
 //                call): tiles are converted to f16 in registers (exact), the
-//                products run in f16 with f32 accumulators, k_scale joins the
-//                score scale and v_scale the output normalisation.
+//                products run in f16 with f32 accumulators (P rounded to f16
+//                once), k_scale joins the score scale and v_scale the output
+//                normalisation.
 //
 // Fragments (m16n8k16): thread (gid = lane / 4, t = lane % 4) holds rows gid
 // and gid + 8 of A and C, column pair 2t of C.
@@ -42,6 +43,14 @@ __device__ __forceinline__ void p_fragments(const float (&s)[2][4], uint32_t (&a
   ptx::split_pack<M>(s[0][2], s[0][3], a_hi[1], a_lo[1]);
   ptx::split_pack<M>(s[1][0], s[1][1], a_hi[2], a_lo[2]);
   ptx::split_pack<M>(s[1][2], s[1][3], a_hi[3], a_lo[3]);
+}
+
+// s += t: the second accumulator chain of a tile's scores (see Identity::qk).
+__device__ __forceinline__ void add_chain(float (&s)[2][4], const float (&t)[2][4]) {
+#pragma unroll
+  for (int n = 0; n < 2; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[n][e] += t[n][e];
 }
 
 template <typename T>
@@ -119,19 +128,29 @@ struct Identity {
     __syncwarp();
   }
 
-  // S = Q K^T for one 16-key tile: two 8-key column tiles.
+  // S = Q K^T for one 16-key tile: two 8-key column tiles. From D = 80 on,
+  // the even and the odd k-steps accumulate apart and are added at the end:
+  // two dependent mma chains of KSTEPS / 2 instead of one of KSTEPS, which a
+  // warp alone on its scheduler otherwise waits out tile after tile (H200,
+  // docs/RESULTS.md: 32/32 D96 B4 K4096 71.4 -> 60.0 us, fp8 rows 3-6%
+  // faster); at D = 64 the 8 adds cost more than the shorter chain saves (3.8%
+  // slower on 64/8 D64 B16 K8192).
   template <class Tr, int KSTEPS>
   __device__ __forceinline__ static void qk(float (&s)[2][4], const uint32_t (&qf)[KSTEPS][4],
                                             const unsigned char* sk, int lane) {
     using Tile = typename Tr::Tile;
+    constexpr bool kTwoChains = KSTEPS > 4;
+    float t[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks) {
       uint32_t kb[4];
       ptx::ldmatrix_x4(kb, sk + Tile::chunk_offset((lane >> 4) * 8 + (lane & 7),
                                                    ks * 2 + ((lane >> 3) & 1)));
-      Mma::run(s[0], qf[ks], kb[0], kb[1]);
-      Mma::run(s[1], qf[ks], kb[2], kb[3]);
+      float (&d)[2][4] = kTwoChains && (ks & 1) ? t : s;
+      Mma::run(d[0], qf[ks], kb[0], kb[1]);
+      Mma::run(d[1], qf[ks], kb[2], kb[3]);
     }
+    if constexpr (kTwoChains) add_chain(s, t);
   }
 
   // O += P V for one tile; P's accumulator layout is already the A layout.
@@ -270,12 +289,15 @@ struct Fp8 {
   // S = Q K^T for one tile. One ldmatrix.x4 reads 16 keys x 32 fp8 columns:
   // matrices (keys 0-7 | 8-15) x (chunk 2kp | 2kp + 1); a thread's 4 bytes of
   // a matrix are columns 4t .. 4t + 3 of key gid, i.e. both B registers of
-  // one k-step after conversion (the permutation q_elements matches).
+  // one k-step after conversion (the permutation q_elements matches). From
+  // D = 96 on, even and odd k-steps accumulate apart, as in Identity::qk.
   template <class Tr, int KSTEPS>
   __device__ __forceinline__ static void qk(float (&s)[2][4], const uint32_t (&qf)[KSTEPS][4],
                                             const unsigned char* sk, int lane) {
     using Tile = typename Tr::Tile;
     static_assert(KSTEPS % 2 == 0, "fp8 buckets are multiples of 32");
+    constexpr bool kTwoChains = KSTEPS > 4;
+    float t[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
     for (int kp = 0; kp < KSTEPS / 2; ++kp) {
       uint32_t r[4];
@@ -284,12 +306,14 @@ struct Fp8 {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int ks = 2 * kp + h;
-        Mma::run(s[0], qf[ks], ptx::fp8x2_to_f16x2<E5M2>(r[2 * h]),
+        float (&d)[2][4] = kTwoChains && h ? t : s;
+        Mma::run(d[0], qf[ks], ptx::fp8x2_to_f16x2<E5M2>(r[2 * h]),
                  ptx::fp8x2_to_f16x2<E5M2>(r[2 * h] >> 16));
-        Mma::run(s[1], qf[ks], ptx::fp8x2_to_f16x2<E5M2>(r[2 * h + 1]),
+        Mma::run(d[1], qf[ks], ptx::fp8x2_to_f16x2<E5M2>(r[2 * h + 1]),
                  ptx::fp8x2_to_f16x2<E5M2>(r[2 * h + 1] >> 16));
       }
     }
+    if constexpr (kTwoChains) add_chain(s, t);
   }
 
   // O += P V for one tile. ldmatrix.trans of fp8 bytes as 16-bit pairs gives
@@ -302,8 +326,15 @@ struct Fp8 {
                                             const unsigned char* sv, int lane) {
     using Tile = typename Tr::Tile;
     static_assert(NT % 4 == 0, "fp8 buckets are multiples of 32");
-    uint32_t a_hi[4], a_lo[4];
-    p_fragments<__half>(s, a_hi, a_lo);
+    // P in f16 once: its rounding (2^-12 of each weight) is at the level of an
+    // f16 y's own rounding and 8x below a bf16 y's, so the second (lo) mma of
+    // the 16-bit path buys nothing here, and this path issues twice the
+    // instructions per byte that one does.
+    uint32_t a[4];
+    a[0] = Mma::pack(s[0][0], s[0][1]);
+    a[1] = Mma::pack(s[0][2], s[0][3]);
+    a[2] = Mma::pack(s[1][0], s[1][1]);
+    a[3] = Mma::pack(s[1][2], s[1][3]);
 #pragma unroll
     for (int cp = 0; cp < NT / 4; ++cp) {
       uint32_t r[4];
@@ -318,8 +349,7 @@ struct Fp8 {
         for (int parity = 0; parity < 2; ++parity) {
           const uint32_t b0 = ptx::fp8x2_to_f16x2<E5M2>(lo_keys >> (16 * parity));
           const uint32_t b1 = ptx::fp8x2_to_f16x2<E5M2>(hi_keys >> (16 * parity));
-          Mma::run(o[2 * ch + parity], a_hi, b0, b1);
-          Mma::run(o[2 * ch + parity], a_lo, b0, b1);
+          Mma::run(o[2 * ch + parity], a, b0, b1);
         }
       }
     }
