@@ -307,10 +307,11 @@ struct Fp8 {
       for (int h = 0; h < 2; ++h) {
         const int ks = 2 * kp + h;
         float (&d)[2][4] = kTwoChains && h ? t : s;
-        Mma::run(d[0], qf[ks], ptx::fp8x2_to_f16x2<E5M2>(r[2 * h]),
-                 ptx::fp8x2_to_f16x2<E5M2>(r[2 * h] >> 16));
-        Mma::run(d[1], qf[ks], ptx::fp8x2_to_f16x2<E5M2>(r[2 * h + 1]),
-                 ptx::fp8x2_to_f16x2<E5M2>(r[2 * h + 1] >> 16));
+        uint32_t b[4];
+        ptx::fp8x4_to_f16x2x2<E5M2>(r[2 * h], b[0], b[1]);
+        ptx::fp8x4_to_f16x2x2<E5M2>(r[2 * h + 1], b[2], b[3]);
+        Mma::run(d[0], qf[ks], b[0], b[1]);
+        Mma::run(d[1], qf[ks], b[2], b[3]);
       }
     }
     if constexpr (kTwoChains) add_chain(s, t);
@@ -343,14 +344,11 @@ struct Fp8 {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int ch = 2 * cp + h;
-        const uint32_t lo_keys = ptx::prmt(r[2 * h], 0u, 0x3120u);
-        const uint32_t hi_keys = ptx::prmt(r[2 * h + 1], 0u, 0x3120u);
+        uint32_t b0[2], b1[2];  // [parity]
+        ptx::fp8x4_to_f16x2x2<E5M2>(ptx::prmt(r[2 * h], 0u, 0x3120u), b0[0], b0[1]);
+        ptx::fp8x4_to_f16x2x2<E5M2>(ptx::prmt(r[2 * h + 1], 0u, 0x3120u), b1[0], b1[1]);
 #pragma unroll
-        for (int parity = 0; parity < 2; ++parity) {
-          const uint32_t b0 = ptx::fp8x2_to_f16x2<E5M2>(lo_keys >> (16 * parity));
-          const uint32_t b1 = ptx::fp8x2_to_f16x2<E5M2>(hi_keys >> (16 * parity));
-          Mma::run(o[2 * ch + parity], a, b0, b1);
-        }
+        for (int parity = 0; parity < 2; ++parity) Mma::run(o[2 * ch + parity], a, b0[parity], b1[parity]);
       }
     }
   }

@@ -71,6 +71,8 @@ struct ContiguousKv {
   }
   // Every tile's rows are one base apart.
   static constexpr bool rows_from_base() { return true; }
+  // The current tile has all 16 keys.
+  __device__ __forceinline__ bool tile_full() const { return key0 + kTileKeys <= end; }
   template <int KV_BYTES>
   __device__ __forceinline__ bool row_in_base(const fd_decode_params& c, int r,
                                               const unsigned char** kp,
@@ -97,6 +99,7 @@ struct PagedKv {
   int64_t k_row, v_row;    // bytes between rows of a page
   const int32_t* table;    // this sequence's block-table row
   int page_size, num_pages;
+  int page_shift;  // log2(page_size) for a power of two, else -1
   // Lane l < 16 looks up key key0 + l of a tile: its page id and in-page row.
   int page = 0, slot = 0, key0 = 0, end = 0;
   int next_page = 0, next_slot = 0, next_key0 = 0, next_end = 0;
@@ -116,6 +119,19 @@ struct PagedKv {
     table = ptx::pin(c.block_table + b * c.block_table_stride_b);
     page_size = ptx::pin(c.page_size);
     num_pages = ptx::pin(c.num_pages);
+    page_shift = (page_size & (page_size - 1)) == 0 ? __ffs(page_size) - 1 : -1;
+  }
+  // Page index and in-page row of key `key` >= 0: a shift and a mask for the
+  // power-of-two page sizes engines use; a division by a value known only at
+  // run time (an instruction sequence, once per tile and lane) otherwise.
+  __device__ __forceinline__ int page_of(int key, int* in_page) const {
+    if (page_shift >= 0) {
+      *in_page = key & (page_size - 1);
+      return key >> page_shift;
+    }
+    const int i = key / page_size;
+    *in_page = key - i * page_size;
+    return i;
   }
   // A length outside [0, k_len] (k_len <= max_pages * page_size, checked on
   // the host) would index past the block table: the sequence reads nothing
@@ -137,11 +153,7 @@ struct PagedKv {
     const int key = key0_ + (lane & 15);
     next_page = -1;
     next_slot = 0;
-    if (key < end_) {
-      const int i = key / page_size;
-      next_slot = key - i * page_size;
-      next_page = table[i];
-    }
+    if (key < end_) next_page = table[page_of(key, &next_slot)];
   }
   // The tile fetched last (key0_, end_ are the same values) becomes current.
   // A tile whose 16 keys lie in one page (page sizes that are multiples of
@@ -166,6 +178,8 @@ struct PagedKv {
   // Whether the current tile lies in one page (then row_in_base), else each
   // row is looked up (row, which shuffles: every lane must call it together).
   __device__ __forceinline__ bool rows_from_base() const { return one_page; }
+  // The current tile has all 16 keys.
+  __device__ __forceinline__ bool tile_full() const { return key0 + kTileKeys <= end; }
   template <int KV_BYTES>
   __device__ __forceinline__ bool row_in_base(const fd_decode_params&, int r,
                                               const unsigned char** kp,
@@ -192,10 +206,9 @@ struct PagedKv {
   __device__ __forceinline__ bool prefetch_row(const fd_decode_params&, int key,
                                                const unsigned char** kp,
                                                const unsigned char** vp) const {
-    const int i = key / page_size;
-    const int pg = table[i];
+    int sl;
+    const int pg = table[page_of(key, &sl)];
     if (pg < 0 || pg >= num_pages) return false;
-    const int sl = key - i * page_size;
     *kp = k + static_cast<int64_t>(pg) * k_page + sl * k_row;
     *vp = v + static_cast<int64_t>(pg) * v_page + sl * v_row;
     return true;

@@ -38,25 +38,34 @@ struct CtaRows {
 };
 
 // Scores of one tile in log2 units, keys past the tile's interval masked.
+// Both tests are uniform over the warp and taken once per tile, not per
+// element: the plain scale and no mask are the path of nearly every tile.
 template <class Elem>
 __device__ __forceinline__ void tile_scores(float (&s)[2][4], const typename Elem::State& st,
                                             const fd_decode_params& c, bool logit_mods,
                                             const CtaRows& cr, int key0, int key_end) {
+  if (!logit_mods) {
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = Elem::log2_score(st, s[n][e], e >> 1);
+  } else {
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + n * 8 + cr.tid * 2 + (e & 1);
+        s[n][e] = modified_logit(Elem::logit(st, s[n][e], e >> 1), c, cr.gid + (e >> 1) * 8,
+                                 cr.nh, cr.hq0, key, cr.seq_len) *
+                  kLog2e;
+      }
+  }
+  if (key0 + kTileKeys <= key_end) return;
 #pragma unroll
   for (int n = 0; n < 2; ++n)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int key = key0 + n * 8 + cr.tid * 2 + (e & 1);
-      float x;
-      if (!logit_mods) {
-        x = Elem::log2_score(st, s[n][e], e >> 1);
-      } else {
-        x = modified_logit(Elem::logit(st, s[n][e], e >> 1), c, cr.gid + (e >> 1) * 8, cr.nh,
-                           cr.hq0, key, cr.seq_len) *
-            kLog2e;
-      }
-      s[n][e] = key < key_end ? x : -INFINITY;
-    }
+    for (int e = 0; e < 4; ++e)
+      if (key0 + n * 8 + cr.tid * 2 + (e & 1) >= key_end) s[n][e] = -INFINITY;
 }
 
 // Online softmax over one tile's scores (rows gid: e = 0, 1 and gid + 8: e = 2,

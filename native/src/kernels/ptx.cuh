@@ -172,22 +172,26 @@ __device__ __forceinline__ void launch_dependents() {
 #endif
 }
 
-// Two fp8 values (the low and high byte of `pair`) as an f16x2, low value in
-// the low half. Exact: every e4m3 and e5m2 value is an f16 value. sm_89+.
+// Four fp8 values (bytes 0-3 of `quad`) as two f16x2: bytes 0, 1 in `lo`,
+// bytes 2, 3 in `hi`, the lower byte in the lower half. Exact: every e4m3 and
+// e5m2 value is an f16 value. sm_89+. The halves of `quad` go to the
+// conversions as 16-bit registers, so no shift extracts the upper pair.
 template <bool E5M2>
-__device__ __forceinline__ uint32_t fp8x2_to_f16x2(uint32_t pair) {
-  uint32_t out = 0;
+__device__ __forceinline__ void fp8x4_to_f16x2x2(uint32_t quad, uint32_t& lo, uint32_t& hi) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  const uint16_t in = static_cast<uint16_t>(pair);
   if constexpr (E5M2)
-    asm("cvt.rn.f16x2.e5m2x2 %0, %1;\n" : "=r"(out) : "h"(in));
+    asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e5m2x2 %0, l;\n"
+        "cvt.rn.f16x2.e5m2x2 %1, h;\n}\n"
+        : "=r"(lo), "=r"(hi) : "r"(quad));
   else
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(out) : "h"(in));
+    asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\n"
+        "cvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+        : "=r"(lo), "=r"(hi) : "r"(quad));
 #else
-  (void)pair;
+  (void)quad;
+  lo = hi = 0;
   __trap();  // fp8 cells are compiled for sm_89 and newer only
 #endif
-  return out;
 }
 
 // Byte permute: result byte i is byte (sel >> 4i) & 7 of the pair {b:a}.

@@ -20,7 +20,7 @@ namespace fd {
 // 16-byte aligned rows); K and V rows interleaved, measured 1.5-3% faster than
 // all K rows, then all V rows (docs/RESULTS.md). EVICT_FIRST: the copies carry
 // an evict-first L2 policy (LaunchParams::kv_evict_first).
-template <class Tr, bool EVICT_FIRST, bool UNIFORM, class Source>
+template <class Tr, bool EVICT_FIRST, bool UNIFORM, bool FULL, class Source>
 __device__ __forceinline__ void copy_rows_vec(unsigned char* sk, unsigned char* sv,
                                               const Source& src, const fd_decode_params& c,
                                               int head_dim, int lane, uint64_t policy) {
@@ -45,7 +45,7 @@ __device__ __forceinline__ void copy_rows_vec(unsigned char* sk, unsigned char* 
     const bool row_ok = UNIFORM ? src.template row_in_base<Tr::kKvBytes>(c, row, &kr, &vr)
                                 : src.template row<Tr::kKvBytes>(c, row, &kr, &vr);
     if (!in_step) continue;
-    const bool ok = row_ok && ch * Tr::kElemsPerChunk < head_dim;
+    const bool ok = FULL || (row_ok && ch * Tr::kElemsPerChunk < head_dim);
     const void* ks = ok ? reinterpret_cast<const E*>(kr) + ch * Tr::kElemsPerChunk
                         : static_cast<const void*>(src.k);
     const void* vs = ok ? reinterpret_cast<const E*>(vr) + ch * Tr::kElemsPerChunk
@@ -63,15 +63,21 @@ __device__ __forceinline__ void copy_rows_vec(unsigned char* sk, unsigned char* 
 // all K rows, then all V rows (docs/RESULTS.md). EVICT_FIRST: the copies carry
 // an evict-first L2 policy (LaunchParams::kv_evict_first). A tile whose rows
 // are one base apart (always, for a contiguous cache) takes the copy loop
-// without per-row lookups; the choice is warp-uniform.
+// without per-row lookups, and one that is also full (16 keys, every chunk
+// of a row inside head_dim: nearly every tile) takes it without the bounds
+// tests and zero fills; the choices are warp-uniform.
 template <class Tr, bool EVICT_FIRST, class Source>
 __device__ __forceinline__ void copy_tile_vec(unsigned char* sk, unsigned char* sv,
                                               const Source& src, const fd_decode_params& c,
                                               int head_dim, int lane, uint64_t policy) {
-  if (src.rows_from_base())
-    copy_rows_vec<Tr, EVICT_FIRST, true>(sk, sv, src, c, head_dim, lane, policy);
-  else
-    copy_rows_vec<Tr, EVICT_FIRST, false>(sk, sv, src, c, head_dim, lane, policy);
+  if (src.rows_from_base()) {
+    if (src.tile_full() && head_dim > Tr::kDpad - Tr::kElemsPerChunk)
+      copy_rows_vec<Tr, EVICT_FIRST, true, true>(sk, sv, src, c, head_dim, lane, policy);
+    else
+      copy_rows_vec<Tr, EVICT_FIRST, true, false>(sk, sv, src, c, head_dim, lane, policy);
+  } else {
+    copy_rows_vec<Tr, EVICT_FIRST, false, false>(sk, sv, src, c, head_dim, lane, policy);
+  }
 }
 
 // The same with element loads, for any head_dim, stride or alignment.
