@@ -524,6 +524,11 @@ def test_refusals():
     stream = _case("StreamingLLM 32/8 D128 B16 K16384 window 4096 + 4 sink tokens bf16")
     assert "sink tokens" in support.refusal("fi-tc", stream)
     assert support.refusal(st.OURS, stream) is None
+    phi3 = _case("Phi-3-mini 32/32 D96 B4 K4096 bf16")
+    assert "head_dim 96" in support.refusal("fi-tc", phi3)
+    assert support.refusal("fi-cc", phi3) is None
+    gemma = _case("Gemma-2-9B 16/8 D256 B16 K4096 bf16")
+    assert support.refusal("fi-tc", gemma) is None
     assert support.flashinfer_page_size(plain) == 16
     assert support.flashinfer_page_size(plain.replace(page_size=1)) == 1
     assert support.flashinfer_window_left(sinks) == 127

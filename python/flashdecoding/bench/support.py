@@ -35,6 +35,13 @@ def flashinfer_refusal(case, tensor_cores: bool) -> Optional[str]:
         return "FlashInfer has no StreamingLLM sink tokens"
     if case.sink_logits and not tensor_cores:
         return "FlashInfer's CUDA-core decode takes no sink logits"
+    if tensor_cores and case.shape.D % 64:
+        # Its tensor-core decode runs its prefill kernel, which accepts such a
+        # head_dim: a run with FlashInfer 0.7.2 on an H200 ended with an illegal
+        # address on the first head_dim-96 row, right after that kernel was
+        # built for head_dim 96. A fault ends the whole process, not the row.
+        return (f"FlashInfer's tensor-core decode faults on head_dim {case.shape.D} "
+                "(not a multiple of 64)")
     return None
 
 
