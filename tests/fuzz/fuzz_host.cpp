@@ -467,6 +467,25 @@ void check_sizes(const fd_decode_params& c) {
   }
 }
 
+// A contiguous problem in non-overlapping fake regions, as the measured
+// decisions below describe it.
+fd_decode_params measured_params(int b, int hq, int hkv, int k_len, int d) {
+  fd_decode_params q = extents_params(b, hq, hkv, k_len, d, 0.125f);
+  const uint64_t base = uint64_t{1} << 40, region = uint64_t{1} << 36;
+  q.q = reinterpret_cast<const void*>(base);
+  q.k = reinterpret_cast<const void*>(base + region);
+  q.v = reinterpret_cast<const void*>(base + 2 * region);
+  q.y = reinterpret_cast<void*>(base + 3 * region);
+  q.workspace = reinterpret_cast<void*>(base + 4 * region);
+  q.workspace_bytes = size_t{1} << 34;
+  q.q_stride_b = q.y_stride_b = int64_t{hq} * d;
+  q.q_stride_h = q.y_stride_h = d;
+  q.k_stride_b = q.v_stride_b = int64_t{hkv} * k_len * d;
+  q.k_stride_h = q.v_stride_h = int64_t{k_len} * d;
+  q.k_stride_k = q.v_stride_k = d;
+  return q;
+}
+
 // Launch decisions that were chosen from measurements (docs/RESULTS.md) stay
 // as chosen: how many split CTAs share an SM, for a fake H100-like device
 // (132 SMs, 228 KB of shared memory per SM) on which `fit` CTAs would fit.
@@ -500,19 +519,7 @@ void check_measured_decisions() {
     fdfuzz::g_device.cc = 90;
     fdfuzz::g_device.ctas_per_sm = c.fit;
     fdfuzz::g_device.wide_ctas_per_sm = c.wide_fit;
-    fd_decode_params q = extents_params(c.b, c.hq, c.hkv, c.k_len, c.d, 0.125f);
-    const uint64_t base = uint64_t{1} << 40, region = uint64_t{1} << 36;
-    q.q = reinterpret_cast<const void*>(base);
-    q.k = reinterpret_cast<const void*>(base + region);
-    q.v = reinterpret_cast<const void*>(base + 2 * region);
-    q.y = reinterpret_cast<void*>(base + 3 * region);
-    q.workspace = reinterpret_cast<void*>(base + 4 * region);
-    q.workspace_bytes = size_t{1} << 34;
-    q.q_stride_b = q.y_stride_b = int64_t{c.hq} * c.d;
-    q.q_stride_h = q.y_stride_h = c.d;
-    q.k_stride_b = q.v_stride_b = int64_t{c.hkv} * c.k_len * c.d;
-    q.k_stride_h = q.v_stride_h = int64_t{c.k_len} * c.d;
-    q.k_stride_k = q.v_stride_k = c.d;
+    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
     fd::Problem p;
     FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "case B%d: %s", c.b,
                fd_last_error_message());
@@ -533,10 +540,50 @@ void check_measured_decisions() {
   fdfuzz::g_device = saved;
 }
 
+// Split counts chosen from measurements (docs/RESULTS.md): where the units are
+// few, a 16-bit cache splits to one CTA per SM and an fp8 one to two (two CTAs
+// fit per SM on this fake H200-like device).
+void check_measured_splits() {
+  struct Case {
+    int b, hq, hkv, k_len, d;
+    int32_t kv_dtype;  // 0: the q type
+    int splits;
+  } cases[] = {
+      {1, 32, 8, 32768, 128, 0, 16},                   // 8 units: 128 CTAs
+      {1, 32, 8, 32768, 128, FD_DTYPE_FP8_E4M3, 32},   // fp8: 256 CTAs
+      {1, 64, 8, 32768, 128, 0, 16},                   // two per SM measured 4% slower
+      {1, 8, 1, 1048576, 128, 0, 132},                 // 1 unit: one CTA per SM
+      {1, 8, 1, 1048576, 128, FD_DTYPE_FP8_E5M2, 261},  // fp8: 264 asked, chunks of 4032
+      {16, 32, 8, 4096, 128, FD_DTYPE_FP8_E4M3, 1},    // 128 units: no split either way
+  };
+  const fdfuzz::FakeDevice saved = fdfuzz::g_device;
+  for (const Case& c : cases) {
+    fdfuzz::g_device = fdfuzz::FakeDevice{};
+    fdfuzz::g_device.num_sms = 132;
+    fdfuzz::g_device.cc = 90;
+    fdfuzz::g_device.ctas_per_sm = 2;
+    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
+    if (c.kv_dtype != 0) {
+      q.dtype = FD_DTYPE_BF16;
+      q.kv_dtype = c.kv_dtype;
+    }
+    fd::Problem p;
+    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "split case B%d: %s", c.b,
+               fd_last_error_message());
+    fd::LaunchDecision d;
+    FUZZ_CHECK(fd::decide_launch(p, true, &d) == FD_STATUS_SUCCESS, "split case B%d: %s", c.b,
+               fd_last_error_message());
+    FUZZ_CHECK(d.split.num_splits == c.splits, "%d/%d D%d B%d K%d kv %d: %d splits, expected %d",
+               c.hq, c.hkv, c.d, c.b, c.k_len, c.kv_dtype, d.split.num_splits, c.splits);
+  }
+  fdfuzz::g_device = saved;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   check_measured_decisions();
+  check_measured_splits();
   return 0;
 }
 
