@@ -11,26 +11,13 @@ import pytest
 import flashdecoding as fd
 from flashdecoding import reference
 from flashdecoding.cuda import DeviceBuffer
+from device_arrays import TOL, host, nan_host, bits
 from conftest import gpu
 
 pytestmark = gpu
 
 F16, BF16 = fd.ElementKind.F16, fd.ElementKind.BF16
-TOL = {F16: 2e-3, BF16: 1e-2}
 HEADS = [(16, 8), (8, 1), (32, 32)]
-
-
-def host(shape, element, rng):
-    return rng.standard_normal(shape, dtype=np.float32).astype(element.numpy_dtype())
-
-
-def nan_host(shape, element=None):
-    a = np.full(shape, np.nan, dtype=np.float32)
-    return a if element is None else a.astype(element.numpy_dtype())
-
-
-def bits(a):
-    return np.ascontiguousarray(a).view(np.uint8)
 
 
 @pytest.mark.parametrize("element", [F16, BF16], ids=lambda e: e.short_name)

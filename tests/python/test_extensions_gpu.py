@@ -14,31 +14,13 @@ import pytest
 import flashdecoding as fd
 from flashdecoding import reference
 from flashdecoding.cuda import DeviceBuffer
+from device_arrays import TOL, host, nan_buf, bits, f32
 from conftest import gpu
 
 pytestmark = gpu
 
 F16, BF16 = fd.ElementKind.F16, fd.ElementKind.BF16
-TOL = {F16: 2e-3, BF16: 1e-2}
 B, HQ, HKV, D = 5, 16, 4, 128
-
-
-def host(shape, element, rng):
-    return rng.standard_normal(shape, dtype=np.float32).astype(element.numpy_dtype())
-
-
-def nan_buf(shape, element=None):
-    a = np.full(shape, np.nan, dtype=np.float32)
-    return DeviceBuffer.from_numpy(a if element is None else a.astype(element.numpy_dtype()))
-
-
-def bits(a):
-    return np.ascontiguousarray(a).view(np.uint8)
-
-
-def f32(a):
-    """An array as the f32 values the GPU gets (for the reference)."""
-    return np.asarray(a, np.float32).astype(np.float64)
 
 
 def decode_twice(q, k, v, element, **kw):

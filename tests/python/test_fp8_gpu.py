@@ -14,13 +14,13 @@ import pytest
 import flashdecoding as fd
 from flashdecoding import reference
 from flashdecoding.cuda import DeviceBuffer
+from device_arrays import TOL, host, nan_buf, bits
 from conftest import HAS_GPU, gpu
 
 pytestmark = gpu
 
 F16, BF16 = fd.ElementKind.F16, fd.ElementKind.BF16
 E4M3, E5M2 = fd.ElementKind.FP8_E4M3, fd.ElementKind.FP8_E5M2
-TOL = {F16: 2e-3, BF16: 1e-2}
 HQ, HKV, D = 16, 4, 128
 
 
@@ -39,24 +39,11 @@ needs_fp8 = pytest.mark.skipif(HAS_GPU and not has_fp8(),
                                reason="this build has no fp8 cells or the GPU is older than SM89")
 
 
-def host(shape, element, rng, scale=1.0):
-    return (rng.standard_normal(shape, dtype=np.float32) * scale).astype(element.numpy_dtype())
-
-
 def quantise(x, kind, scale):
     """x / scale stored as fp8 (per tensor: a float; per head: an array along axis 1)."""
     s = np.asarray(scale, np.float32)
     s = s.reshape(1, -1, 1, 1) if s.ndim else s
     return (np.asarray(x, np.float32) / s).astype(kind.numpy_dtype())
-
-
-def nan_buf(shape, element=None):
-    a = np.full(shape, np.nan, dtype=np.float32)
-    return DeviceBuffer.from_numpy(a if element is None else a.astype(element.numpy_dtype()))
-
-
-def bits(a):
-    return np.ascontiguousarray(a).view(np.uint8)
 
 
 def run_twice(dq, dk, dv, q_shape, element, **kw):
