@@ -73,6 +73,15 @@ struct ContiguousKv {
   static constexpr bool rows_from_base() { return true; }
   // The current tile has all 16 keys.
   __device__ __forceinline__ bool tile_full() const { return key0 + kTileKeys <= end; }
+  // Bytes from one row of a tile to the next.
+  template <int KV_BYTES>
+  __device__ __forceinline__ int64_t k_row_bytes(const fd_decode_params& c) const {
+    return c.k_stride_k * KV_BYTES;
+  }
+  template <int KV_BYTES>
+  __device__ __forceinline__ int64_t v_row_bytes(const fd_decode_params& c) const {
+    return c.v_stride_k * KV_BYTES;
+  }
   template <int KV_BYTES>
   __device__ __forceinline__ bool row_in_base(const fd_decode_params& c, int r,
                                               const unsigned char** kp,
@@ -180,6 +189,11 @@ struct PagedKv {
   __device__ __forceinline__ bool rows_from_base() const { return one_page; }
   // The current tile has all 16 keys.
   __device__ __forceinline__ bool tile_full() const { return key0 + kTileKeys <= end; }
+  // Bytes from one row of a one-page tile to the next.
+  template <int KV_BYTES>
+  __device__ __forceinline__ int64_t k_row_bytes(const fd_decode_params&) const { return k_row; }
+  template <int KV_BYTES>
+  __device__ __forceinline__ int64_t v_row_bytes(const fd_decode_params&) const { return v_row; }
   template <int KV_BYTES>
   __device__ __forceinline__ bool row_in_base(const fd_decode_params&, int r,
                                               const unsigned char** kp,

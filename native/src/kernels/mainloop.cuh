@@ -81,14 +81,14 @@ __device__ __forceinline__ void online_softmax(float (&s)[2][4], RowState<NT>& r
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
     const float m_new = fmaxf(rs.m[r], mx[r]);
     const float base = m_new == -INFINITY ? 0.f : m_new;  // no keys yet: keep 0 * finite
-    alpha[r] = exp2f(rs.m[r] - base);
+    alpha[r] = ptx::exp2_ftz(rs.m[r] - base);
     rs.m[r] = m_new;
     mx[r] = base;
   }
 #pragma unroll
   for (int n = 0; n < 2; ++n)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) s[n][e] = exp2f(s[n][e] - mx[e >> 1]);
+    for (int e = 0; e < 4; ++e) s[n][e] = ptx::exp2_ftz(s[n][e] - mx[e >> 1]);
   rs.l[0] = rs.l[0] * alpha[0] + (s[0][0] + s[0][1]) + (s[1][0] + s[1][1]);
   rs.l[1] = rs.l[1] * alpha[1] + (s[0][2] + s[0][3]) + (s[1][2] + s[1][3]);
 #pragma unroll

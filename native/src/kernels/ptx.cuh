@@ -194,6 +194,16 @@ __device__ __forceinline__ void fp8x4_to_f16x2x2(uint32_t quad, uint32_t& lo, ui
 #endif
 }
 
+// 2^x with results below 2^-126 flushed to 0: the hardware's ex2 alone.
+// exp2f gives the same bits for every x >= -126 and adds a range test and two
+// scalings per call to produce the subnormal results, which a softmax weight
+// that small (below 2^-126 of the row's largest) never needs.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Byte permute: result byte i is byte (sel >> 4i) & 7 of the pair {b:a}.
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   uint32_t d;

@@ -56,6 +56,39 @@ __device__ __forceinline__ void copy_rows_vec(unsigned char* sk, unsigned char* 
   }
 }
 
+// A full tile whose rows are one base apart, where a row's chunks divide a
+// warp's 32 copies (rows of 64, 128, 256 or 512 bytes): a lane copies the
+// same chunk of every (32 / chunks)-th row, so its addresses advance by one
+// constant per step from the tile's first row, instead of a 64-bit product
+// per address (the same addresses, in about a third of the instructions).
+template <class Tr, bool EVICT_FIRST, class Source>
+__device__ __forceinline__ void copy_full_rows_vec(unsigned char* sk, unsigned char* sv,
+                                                   const Source& src, const fd_decode_params& c,
+                                                   int lane, uint64_t policy) {
+  using Tile = typename Tr::Tile;
+  constexpr int kPrefetch = Tile::kSwizzle ? 0 : 256;
+  constexpr int kChunks = Tile::kChunks;
+  static_assert(32 % kChunks == 0, "a lane keeps its chunk from step to step");
+  constexpr int kRowsPerStep = 32 / kChunks;
+  constexpr int kSteps = kTileKeys / kRowsPerStep;
+  const int row0 = lane / kChunks, ch = lane % kChunks;
+  const unsigned char* kr;
+  const unsigned char* vr;
+  src.template row_in_base<Tr::kKvBytes>(c, row0, &kr, &vr);
+  kr += ch * 16;
+  vr += ch * 16;
+  const int64_t k_step = kRowsPerStep * src.template k_row_bytes<Tr::kKvBytes>(c);
+  const int64_t v_step = kRowsPerStep * src.template v_row_bytes<Tr::kKvBytes>(c);
+#pragma unroll
+  for (int it = 0; it < kSteps; ++it) {
+    const int off = Tile::chunk_offset(row0 + it * kRowsPerStep, ch);
+    ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sk + off, kr, 16, policy);
+    ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sv + off, vr, 16, policy);
+    kr += k_step;
+    vr += v_step;
+  }
+}
+
 // One 16-key tile of K and V (the source's current tile) into sk / sv: rows
 // past the tile's end and columns >= head_dim are zero-filled.
 // Vectorised: 16-byte cp.async (head_dim * element bytes a multiple of 16,
@@ -71,9 +104,12 @@ __device__ __forceinline__ void copy_tile_vec(unsigned char* sk, unsigned char* 
                                               const Source& src, const fd_decode_params& c,
                                               int head_dim, int lane, uint64_t policy) {
   if (src.rows_from_base()) {
-    if (src.tile_full() && head_dim > Tr::kDpad - Tr::kElemsPerChunk)
-      copy_rows_vec<Tr, EVICT_FIRST, true, true>(sk, sv, src, c, head_dim, lane, policy);
-    else
+    if (src.tile_full() && head_dim > Tr::kDpad - Tr::kElemsPerChunk) {
+      if constexpr (32 % Tr::Tile::kChunks == 0)
+        copy_full_rows_vec<Tr, EVICT_FIRST>(sk, sv, src, c, lane, policy);
+      else
+        copy_rows_vec<Tr, EVICT_FIRST, true, true>(sk, sv, src, c, head_dim, lane, policy);
+    } else
       copy_rows_vec<Tr, EVICT_FIRST, true, false>(sk, sv, src, c, head_dim, lane, policy);
   } else {
     copy_rows_vec<Tr, EVICT_FIRST, false, false>(sk, sv, src, c, head_dim, lane, policy);
