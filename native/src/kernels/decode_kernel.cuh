@@ -16,6 +16,7 @@
 #include "../kernel_params.h"
 #include "epilogue.cuh"
 #include "kv_element.cuh"
+#include "kv_element_km.cuh"
 #include "kv_source.cuh"
 #include "mainloop.cuh"
 #include "ptx.cuh"
@@ -71,7 +72,7 @@ __global__ void __launch_bounds__(WARPS * 32) decode_kernel(const DecodeArgs a) 
   if (seq_lens != nullptr) cr.seq_len = src.length(seq_lens[cr.b], k_len);
   const KeySpan span(cr.seq_len, window_size, sink_tokens, split * chunk_len, chunk_len);
 
-  RowState<DPAD / 8> rs;
+  RowState<Elem::template acc_tiles<DPAD>()> rs;
   run_mainloop<Elem, Tr, VEC>(rs, smem, src, st, c, lp, span, cr, logit_mods);
   run_epilogue<Elem, Tr>(rs, smem, src, st, c, lp, cr, split, num_splits, num_heads,
                          write_partials, partial_o, partial_lse);

@@ -51,14 +51,14 @@ __device__ __forceinline__ void write_bad_row(const fd_decode_params& c, const L
 // warp order. (Scaling before the store cost a second barrier and a per-row
 // pass before the sums could start.)
 template <class Elem, class Tr, class Source>
-__device__ __forceinline__ void run_epilogue(const RowState<Tr::kDpad / 8>& rs,
+__device__ __forceinline__ void run_epilogue(const RowState<Elem::template acc_tiles<Tr::kDpad>()>& rs,
                                              unsigned char* smem, const Source& src,
                                              const typename Elem::State& st,
                                              const fd_decode_params& c, const LaunchParams& lp,
                                              const CtaRows& cr, int split, int num_splits,
                                              int num_heads, bool write_partials,
                                              float* partial_o, float* partial_lse) {
-  constexpr int DPAD = Tr::kDpad, WARPS = Tr::kWarps, NT = DPAD / 8;
+  constexpr int DPAD = Tr::kDpad, WARPS = Tr::kWarps, NT = Elem::template acc_tiles<DPAD>();
   constexpr int OS = Tr::kOutStride;
   const int warp = cr.warp, gid = cr.gid, tid = cr.tid, nh = cr.nh;
   // Every warp is done with the ring the epilogue reuses (and a paged source
@@ -71,19 +71,35 @@ __device__ __forceinline__ void run_epilogue(const RowState<Tr::kDpad / 8>& rs,
   float* sm_m = reinterpret_cast<float*>(smem);
   float* sm_l = sm_m + WARPS * kMaxGroupPerCta;
   float* sm_o = sm_l + WARPS * kMaxGroupPerCta;
-  if (tid == 0) {
-    sm_m[warp * kMaxGroupPerCta + gid] = rs.m[0];
-    sm_m[warp * kMaxGroupPerCta + gid + 8] = rs.m[1];
-    sm_l[warp * kMaxGroupPerCta + gid] = rs.l[0];
-    sm_l[warp * kMaxGroupPerCta + gid + 8] = rs.l[1];
-  }
-  // Only the CTA's nh query rows are stored (GQA groups of 4 or 8 leave the
-  // upper half of the mma tile empty).
+  if constexpr (Elem::kKeysAsM) {
+    // Thread (gid, t) holds heads 2t and 2t + 1 (every gid the same sums).
+    if (gid == 0) {
+      sm_m[warp * kMaxGroupPerCta + 2 * tid] = rs.m[0];
+      sm_m[warp * kMaxGroupPerCta + 2 * tid + 1] = rs.m[1];
+      sm_l[warp * kMaxGroupPerCta + 2 * tid] = rs.l[0];
+      sm_l[warp * kMaxGroupPerCta + 2 * tid + 1] = rs.l[1];
+    }
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = gid + r * 8;
-    if (r * 8 >= nh) break;  // uniform over the CTA
-    if (row < nh) Elem::template store_row<NT>(&sm_o[(warp * kMaxGroupPerCta + row) * OS], rs.o, r, tid);
+    for (int r = 0; r < 2; ++r) {
+      const int row = 2 * tid + r;
+      if (row < nh)
+        Elem::template store_head<NT>(&sm_o[(warp * kMaxGroupPerCta + row) * OS], rs.o, r, gid);
+    }
+  } else {
+    if (tid == 0) {
+      sm_m[warp * kMaxGroupPerCta + gid] = rs.m[0];
+      sm_m[warp * kMaxGroupPerCta + gid + 8] = rs.m[1];
+      sm_l[warp * kMaxGroupPerCta + gid] = rs.l[0];
+      sm_l[warp * kMaxGroupPerCta + gid + 8] = rs.l[1];
+    }
+    // Only the CTA's nh query rows are stored (GQA groups of 4 or 8 leave the
+    // upper half of the mma tile empty).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = gid + r * 8;
+      if (r * 8 >= nh) break;  // uniform over the CTA
+      if (row < nh) Elem::template store_row<NT>(&sm_o[(warp * kMaxGroupPerCta + row) * OS], rs.o, r, tid);
+    }
   }
   __syncthreads();
 

@@ -57,6 +57,11 @@ template <typename T>
 struct Identity {
   static constexpr int kKvBytes = 2;
   static constexpr bool kFp8 = false;
+  static constexpr bool kKeysAsM = false;  // heads as M (kv_element_km.cuh: keys)
+  template <int DPAD>
+  static constexpr int acc_tiles() {  // 8-column output tiles per thread
+    return DPAD / 8;
+  }
   using Mma = ptx::Mma<T>;
   using Out = T;
 
@@ -202,6 +207,11 @@ template <bool E5M2>
 struct Fp8 {
   static constexpr int kKvBytes = 1;
   static constexpr bool kFp8 = true;
+  static constexpr bool kKeysAsM = false;
+  template <int DPAD>
+  static constexpr int acc_tiles() {
+    return DPAD / 8;
+  }
   using Mma = ptx::Mma<__half>;
 
   struct State {

@@ -28,6 +28,15 @@ struct Cell {
   static constexpr auto wide_kernel() {
     return &decode_kernel<Elem, DPAD, Source, true, kStages, kWideWarpsPerCta>;
   }
+  // The vectorised kernels with the keys as the mma's M (kv_element_km.cuh),
+  // for CTAs of at most kKeysAsMMaxHeads query heads; the same shared memory.
+  using Km = typename KeysAsMOf<Elem>::type;
+  static constexpr auto kernel_km() {
+    return &decode_kernel<Km, DPAD, Source, true, kStages, kWarpsPerCta>;
+  }
+  static constexpr auto wide_kernel_km() {
+    return &decode_kernel<Km, DPAD, Source, true, kStages, kWideWarpsPerCta>;
+  }
   static constexpr size_t smem_bytes(bool vec) {
     return vec ? VecTraits::kSmemBytes : ElemTraits::kSmemBytes;
   }
@@ -52,6 +61,8 @@ struct Cell {
     const int room = pad_limit < smem_optin ? pad_limit : smem_optin;
     const int limit = need > static_cast<size_t>(room) ? static_cast<int>(need) : room;
     cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
+    if (e == cudaSuccess && vec)
+      e = cudaFuncSetAttribute(kernel_km(), cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
     if (e != cudaSuccess) return e;
     out->smem_limit = limit;
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&out->ctas_per_sm, k, kWarpsPerCta * 32,
@@ -65,6 +76,8 @@ struct Cell {
       const bool fits =
           wneed <= static_cast<size_t>(smem_optin) &&
           cudaFuncSetAttribute(w, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(wneed)) == cudaSuccess &&
+          cudaFuncSetAttribute(wide_kernel_km(), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(wneed)) == cudaSuccess &&
           cudaOccupancyMaxActiveBlocksPerMultiprocessor(&out->wide_ctas_per_sm, w,
                                                         kWideWarpsPerCta * 32, wneed) == cudaSuccess;
@@ -117,18 +130,19 @@ struct Cell {
     set_pdl(cfg, attr, s.pdl);
     cudaError_t e = cudaSuccess;
     bool launched = false;
+    const bool km = s.vec && a.launch.group_size <= kKeysAsMMaxHeads;
     if constexpr (WIDE) {
       if (s.vec && s.wide) {
         cfg.blockDim = dim3(kWideWarpsPerCta * 32);
         cfg.dynamicSmemBytes = WideTraits::kSmemBytes;
-        e = cudaLaunchKernelEx(&cfg, wide_kernel(), a);
+        e = cudaLaunchKernelEx(&cfg, km ? wide_kernel_km() : wide_kernel(), a);
         launched = true;
       }
     }
     if (!launched) {
       cfg.blockDim = dim3(kWarpsPerCta * 32);
       cfg.dynamicSmemBytes = launch_smem(s.vec, s.pad_smem_bytes, s.smem_limit);
-      e = cudaLaunchKernelEx(&cfg, kernel(s.vec), a);
+      e = cudaLaunchKernelEx(&cfg, km ? kernel_km() : kernel(s.vec), a);
     }
     if (e != cudaSuccess || !a.launch.write_partials) return e;
     if constexpr (Elem::kFp8) {

@@ -19,7 +19,8 @@
 
 namespace fd {
 
-// One warp's softmax state: rows gid (r = 0) and gid + 8 (r = 1), log2 units.
+// One warp's softmax state of a thread's two rows r, log2 units: rows gid
+// (r = 0) and gid + 8 (r = 1), or with the keys as M heads 2t + r.
 template <int NT>
 struct RowState {
   float m[2] = {-INFINITY, -INFINITY};  // running max
@@ -44,6 +45,25 @@ template <class Elem>
 __device__ __forceinline__ void tile_scores(float (&s)[2][4], const typename Elem::State& st,
                                             const fd_decode_params& c, bool logit_mods,
                                             const CtaRows& cr, int key0, int key_end) {
+  if constexpr (Elem::kKeysAsM) {  // s[0][e]: key gid + 8 (e >> 1), head 2t + (e & 1)
+    if (!logit_mods) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[0][e] = Elem::log2_score(st, s[0][e], e & 1);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + cr.gid + 8 * (e >> 1);
+        s[0][e] = modified_logit(Elem::logit(st, s[0][e], e & 1), c, 2 * cr.tid + (e & 1),
+                                 cr.nh, cr.hq0, key, cr.seq_len) *
+                  kLog2e;
+      }
+    }
+    if (key0 + kTileKeys <= key_end) return;
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (key0 + cr.gid + 8 * (e >> 1) >= key_end) s[0][e] = -INFINITY;
+    return;
+  }
   if (!logit_mods) {
 #pragma unroll
     for (int n = 0; n < 2; ++n)
@@ -70,8 +90,37 @@ __device__ __forceinline__ void tile_scores(float (&s)[2][4], const typename Ele
 
 // Online softmax over one tile's scores (rows gid: e = 0, 1 and gid + 8: e = 2,
 // 3): s becomes the tile's weights, the state is rescaled to the new max.
-template <int NT>
+// With the keys as M (KM), s[0] holds keys gid, gid + 8 of heads 2t, 2t + 1:
+// the maxima and sums run across the 8 lanes of one t.
+template <int NT, bool KM>
 __device__ __forceinline__ void online_softmax(float (&s)[2][4], RowState<NT>& rs) {
+  if constexpr (KM) {
+    float mx[2] = {fmaxf(s[0][0], s[0][2]), fmaxf(s[0][1], s[0][3])};
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
+      const float m_new = fmaxf(rs.m[r], mx[r]);
+      const float base = m_new == -INFINITY ? 0.f : m_new;
+      alpha[r] = ptx::exp2_ftz(rs.m[r] - base);
+      rs.m[r] = m_new;
+      mx[r] = base;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[0][e] = ptx::exp2_ftz(s[0][e] - mx[e & 1]);
+    rs.l[0] = rs.l[0] * alpha[0] + (s[0][0] + s[0][2]);
+    rs.l[1] = rs.l[1] * alpha[1] + (s[0][1] + s[0][3]);
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      rs.o[n][0] *= alpha[0];
+      rs.o[n][1] *= alpha[1];
+      rs.o[n][2] *= alpha[0];
+      rs.o[n][3] *= alpha[1];
+    }
+    return;
+  }
   float mx[2] = {fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])),
                  fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))};
   float alpha[2];
@@ -103,14 +152,15 @@ __device__ __forceinline__ void online_softmax(float (&s)[2][4], RowState<NT>& r
 // Streams this warp's tiles of `span` and returns its softmax state.
 // VEC: 16-byte cp.async ring of STAGES slots; otherwise one slot, element loads.
 template <class Elem, class Tr, bool VEC, class Source>
-__device__ __forceinline__ void run_mainloop(RowState<Tr::kDpad / 8>& rs, unsigned char* smem,
+__device__ __forceinline__ void run_mainloop(RowState<Elem::template acc_tiles<Tr::kDpad>()>& rs,
+                                             unsigned char* smem,
                                              Source& src, typename Elem::State& st,
                                              const fd_decode_params& c, const LaunchParams& lp,
                                              const KeySpan& span, const CtaRows& cr,
                                              bool logit_mods) {
   constexpr int DPAD = Tr::kDpad, WARPS = Tr::kWarps, STAGES = Tr::kStages;
   constexpr int KSTEPS = DPAD / 16;  // QK^T reduction steps over head_dim
-  constexpr int NT = DPAD / 8;       // 8-column output tiles of PV
+  constexpr int NT = Elem::template acc_tiles<DPAD>();  // output tiles of PV
   using Tile = typename Tr::Tile;
   static_assert(DPAD % 16 == 0, "head_dim buckets are multiples of 16");
   static_assert(STAGES >= 2 || !VEC, "the cp.async ring needs two stages");
@@ -164,7 +214,7 @@ __device__ __forceinline__ void run_mainloop(RowState<Tr::kDpad / 8>& rs, unsign
   uint32_t qf[KSTEPS][4];
   if constexpr (Elem::kFp8) {
     Elem::template q_elements<KSTEPS>(qf, st, c, lp, cr.b, cr.hq0, cr.nh, cr.gid, cr.tid);
-  } else if constexpr (VEC) {
+  } else if constexpr (VEC && !Elem::kKeysAsM) {
     // Staged through this warp's last ring slot, which the prologue left
     // empty and the loop's first step refills.
     if (lp.q_vec)
@@ -194,7 +244,7 @@ __device__ __forceinline__ void run_mainloop(RowState<Tr::kDpad / 8>& rs, unsign
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
     Elem::template qk<Tr, KSTEPS>(s, qf, sk, lane);
     tile_scores<Elem>(s, st, c, logit_mods, cr, span.key0(t), span.end(t));
-    online_softmax<NT>(s, rs);
+    online_softmax<NT, Elem::kKeysAsM>(s, rs);
     Elem::template pv<Tr, NT>(rs.o, s, sv, lane);
     if constexpr (!VEC) __syncwarp();  // the next synchronous load reuses the slot
   }
@@ -202,8 +252,14 @@ __device__ __forceinline__ void run_mainloop(RowState<Tr::kDpad / 8>& rs, unsign
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    rs.l[r] += __shfl_xor_sync(0xffffffffu, rs.l[r], 1);
-    rs.l[r] += __shfl_xor_sync(0xffffffffu, rs.l[r], 2);
+    if constexpr (Elem::kKeysAsM) {
+      rs.l[r] += __shfl_xor_sync(0xffffffffu, rs.l[r], 4);
+      rs.l[r] += __shfl_xor_sync(0xffffffffu, rs.l[r], 8);
+      rs.l[r] += __shfl_xor_sync(0xffffffffu, rs.l[r], 16);
+    } else {
+      rs.l[r] += __shfl_xor_sync(0xffffffffu, rs.l[r], 1);
+      rs.l[r] += __shfl_xor_sync(0xffffffffu, rs.l[r], 2);
+    }
   }
 }
 

@@ -75,6 +75,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "r"(smem_addr(smem)));
 }
 
+// The transpose of an 8x8 matrix of 16-bit elements held as mma fragments
+// (thread l: row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 in one register).
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
 template <typename T>
 struct Mma;
 
