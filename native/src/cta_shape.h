@@ -11,6 +11,9 @@ constexpr int kTileKeys = 16;        // keys one warp takes per step (one mma k-
 constexpr int kWarpsPerCta = 4;      // warps of the split kernel
 constexpr int kWideWarpsPerCta = 8;  // warps of the wide split kernel (unsplit grids)
 constexpr int kMaxGroupPerCta = 16;  // query rows of one mma tile
+// CTAs of at most this many query heads can take the keys-as-M kernels
+// (kv_element_km.cuh): the heads are the mma's N of 8.
+constexpr int kKeysAsMMaxHeads = 8;
 // A split gives every warp of a CTA at least one tile.
 constexpr int kMinChunk = kTileKeys * kWarpsPerCta;
 

@@ -112,6 +112,7 @@ Tuning read_tuning() {
   t.early_trigger = env_int("FD_TUNE_EARLY_TRIGGER", -1);
   t.prefetch_keys = env_int("FD_TUNE_PREFETCH_KEYS", -1);
   t.evict_first = env_int("FD_TUNE_EVICT_FIRST", -1);
+  t.keys_as_m = env_int("FD_TUNE_KEYS_AS_M", -1);
   return t;
 }
 }  // namespace

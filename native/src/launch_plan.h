@@ -32,6 +32,7 @@ struct LaunchDecision {
   bool write_partials = false;  // splits go through the workspace to the merge kernel
   int max_ctas_per_sm = 0;  // > 0: pad shared memory so an SM holds at most this many
   bool wide = false;        // the wide (kWideWarpsPerCta) split kernel
+  bool keys_as_m = false;   // the keys-as-M kernels (kv_element_km.cuh)
   bool merge_early_trigger = false;  // the merge releases the next grid before its wait
   int prefetch_keys = 0;  // per CTA, into L2 before the PDL wait
   bool kv_evict_first = false;  // K/V copies under an evict-first L2 policy

@@ -18,14 +18,12 @@
 
 #include <cstdint>
 
+#include "../cta_shape.h"
 #include "kv_element.cuh"
 #include "ptx.cuh"
 #include "traits.cuh"
 
 namespace fd {
-
-// Up to 8 query heads per CTA take the keys-as-M parts.
-constexpr int kKeysAsMMaxHeads = 8;
 
 template <typename T>
 struct IdentityKm : Identity<T> {

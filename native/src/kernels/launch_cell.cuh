@@ -130,7 +130,7 @@ struct Cell {
     set_pdl(cfg, attr, s.pdl);
     cudaError_t e = cudaSuccess;
     bool launched = false;
-    const bool km = s.vec && a.launch.group_size <= kKeysAsMMaxHeads;
+    const bool km = s.vec && s.keys_as_m && a.launch.group_size <= kKeysAsMMaxHeads;
     if constexpr (WIDE) {
       if (s.vec && s.wide) {
         cfg.blockDim = dim3(kWideWarpsPerCta * 32);
