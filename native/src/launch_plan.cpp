@@ -150,12 +150,12 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   if (d.wide) d.max_ctas_per_sm = 0;
   // Keys as the mma's M (kv_element_km.cuh) halves the mma, accumulator and
   // score registers per tile of CTAs of up to 8 query heads. It pays where the
-  // SM is issue-bound (H200, docs/RESULTS.md): every fp8 cell (1-3.5%) and the
-  // 16-bit grids with nothing split (D = 96 MHA 6%, ragged paged 4%). 16-bit
-  // split grids of few units, one CTA per SM, lose 1.5-3.5% with it (B = 1,
-  // K = 512 to 32k): its transposes lengthen a per-tile chain that no other CTA
-  // hides. Batch-invariant mode takes it whatever the split, so that the kernel
-  // depends on neither the batch nor the cache length.
+  // SM is issue-bound (H200, docs/RESULTS.md): every fp8 cell (2-3%) and the
+  // 16-bit grids with nothing split (D = 96 MHA 6%, ragged paged 3%). 16-bit
+  // split grids of few units, one CTA per SM, lose 2.4-4% with it (B = 1,
+  // K = 512 to 32k; 8/1 B = 8): its transposes lengthen a per-tile chain that
+  // no other CTA hides. Batch-invariant mode takes it whatever the split, so
+  // that the kernel depends on neither the batch nor the cache length.
   const bool fp8_cell = cell.kv_dtype == FD_DTYPE_FP8_E4M3 || cell.kv_dtype == FD_DTYPE_FP8_E5M2;
   const bool km_fits = d.vec && p.c.num_heads / p.c.num_kv_heads <= kKeysAsMMaxHeads;
   d.keys_as_m = km_fits && (tune.keys_as_m >= 0 ? tune.keys_as_m != 0
