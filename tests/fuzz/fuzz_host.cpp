@@ -366,6 +366,15 @@ void check_launch(const fd::Problem& pr, long launches_before) {
                    fdfuzz::g_device.wide_ctas_per_sm > 0,
                "wide kernel with vec %d, %d splits, pad %d", int(s.vec), d.num_splits,
                s.pad_smem_bytes);
+  // The keys-as-M kernels hold at most kKeysAsMMaxHeads query heads per CTA
+  // (the mma's N); batch-invariant mode takes them wherever they fit, so that
+  // its kernel depends on neither the batch nor the cache length.
+  const bool km_fits = s.vec && d.group_size <= fd::kKeysAsMMaxHeads;
+  if (s.keys_as_m)
+    FUZZ_CHECK(km_fits, "keys-as-M kernel with vec %d, group %d", int(s.vec), d.group_size);
+  if (fd::batch_invariant(pr))
+    FUZZ_CHECK(s.keys_as_m == km_fits, "batch-invariant run: keys-as-M %d where it fits %d",
+               int(s.keys_as_m), int(km_fits));
   if (fd::batch_invariant(pr) && a.k_len > 0)
     FUZZ_CHECK(d.write_partials, "batch-invariant run skips the merge");
   if (d.write_partials) {
@@ -579,11 +588,61 @@ void check_measured_splits() {
   fdfuzz::g_device = saved;
 }
 
+// The keys-as-M kernels where they were measured faster (docs/RESULTS.md):
+// every fp8 cell and 16-bit grids with nothing split, not 16-bit split grids
+// of few units; batch-invariant mode whatever the split; never a group over 8.
+void check_measured_keys_as_m() {
+  struct Case {
+    int b, hq, hkv, k_len, d;
+    int32_t kv_dtype;  // 0: the q type
+    bool invariant;
+    bool keys_as_m;
+  } cases[] = {
+      {1, 32, 8, 8192, 128, 0, false, false},  // 16-bit, split
+      {1, 32, 8, 512, 128, 0, false, false},
+      {8, 8, 1, 16384, 128, 0, false, false},
+      {1, 32, 8, 32768, 128, FD_DTYPE_FP8_E4M3, false, true},  // fp8, split
+      {16, 32, 8, 4096, 128, 0, false, true},                  // 128 units: nothing split
+      {16, 32, 8, 4096, 128, FD_DTYPE_FP8_E5M2, false, true},
+      {32, 16, 16, 1024, 64, 0, false, true},  // MHA, the wide kernel
+      {1, 32, 8, 8192, 128, 0, true, true},    // batch-invariant, split
+      {5, 32, 8, 300, 128, 0, true, true},
+      {16, 32, 2, 4096, 128, 0, false, false},  // a group of 16
+      {16, 32, 2, 4096, 128, FD_DTYPE_FP8_E4M3, true, false},
+  };
+  const fdfuzz::FakeDevice saved = fdfuzz::g_device;
+  for (const Case& c : cases) {
+    fdfuzz::g_device = fdfuzz::FakeDevice{};
+    fdfuzz::g_device.num_sms = 132;
+    fdfuzz::g_device.cc = 90;
+    fdfuzz::g_device.ctas_per_sm = 2;
+    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
+    if (c.kv_dtype != 0) {
+      q.dtype = FD_DTYPE_BF16;
+      q.kv_dtype = c.kv_dtype;
+    }
+    if (c.invariant) q.flags |= FD_FLAG_BATCH_INVARIANT;
+    fd::Problem p;
+    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "keys-as-M case B%d: %s",
+               c.b, fd_last_error_message());
+    fd::LaunchDecision d;
+    FUZZ_CHECK(fd::decide_launch(p, true, &d) == FD_STATUS_SUCCESS, "keys-as-M case B%d: %s",
+               c.b, fd_last_error_message());
+    const fd::LaunchShape s = fd::make_launch_shape(p, d);
+    FUZZ_CHECK(d.keys_as_m == c.keys_as_m && s.keys_as_m == c.keys_as_m,
+               "%d/%d D%d B%d K%d kv %d invariant %d (%d splits): keys-as-M %d, expected %d",
+               c.hq, c.hkv, c.d, c.b, c.k_len, c.kv_dtype, int(c.invariant),
+               d.split.num_splits, int(d.keys_as_m), int(c.keys_as_m));
+  }
+  fdfuzz::g_device = saved;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   check_measured_decisions();
   check_measured_splits();
+  check_measured_keys_as_m();
   return 0;
 }
 
