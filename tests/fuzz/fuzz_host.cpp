@@ -549,6 +549,29 @@ void check_measured_decisions() {
   fdfuzz::g_device = saved;
 }
 
+// The launch decision for a measured problem on a fake H200-like device (132
+// SMs, two CTAs fit per SM); kv_dtype 0: the q type, else fp8 with bf16 q.
+// The problem and the decision go to *p and *d; the fake device is restored.
+void decide_measured(int b, int hq, int hkv, int k_len, int d_head, int32_t kv_dtype,
+                     uint32_t flags, fd::Problem* p, fd::LaunchDecision* d) {
+  const fdfuzz::FakeDevice saved = fdfuzz::g_device;
+  fdfuzz::g_device = fdfuzz::FakeDevice{};
+  fdfuzz::g_device.num_sms = 132;
+  fdfuzz::g_device.cc = 90;
+  fdfuzz::g_device.ctas_per_sm = 2;
+  fd_decode_params q = measured_params(b, hq, hkv, k_len, d_head);
+  if (kv_dtype != 0) {
+    q.dtype = FD_DTYPE_BF16;
+    q.kv_dtype = kv_dtype;
+  }
+  q.flags |= flags;
+  FUZZ_CHECK(fd::problem_from_params(&q, p) == FD_STATUS_SUCCESS, "%d/%d D%d B%d K%d: %s", hq,
+             hkv, d_head, b, k_len, fd_last_error_message());
+  FUZZ_CHECK(fd::decide_launch(*p, true, d) == FD_STATUS_SUCCESS, "%d/%d D%d B%d K%d: %s", hq,
+             hkv, d_head, b, k_len, fd_last_error_message());
+  fdfuzz::g_device = saved;
+}
+
 // Split counts chosen from measurements (docs/RESULTS.md): where the units are
 // few, a 16-bit cache splits to one CTA per SM and an fp8 one to two (two CTAs
 // fit per SM on this fake H200-like device).
@@ -565,27 +588,13 @@ void check_measured_splits() {
       {1, 8, 1, 1048576, 128, FD_DTYPE_FP8_E5M2, 261},  // fp8: 264 asked, chunks of 4032
       {16, 32, 8, 4096, 128, FD_DTYPE_FP8_E4M3, 1},    // 128 units: no split either way
   };
-  const fdfuzz::FakeDevice saved = fdfuzz::g_device;
   for (const Case& c : cases) {
-    fdfuzz::g_device = fdfuzz::FakeDevice{};
-    fdfuzz::g_device.num_sms = 132;
-    fdfuzz::g_device.cc = 90;
-    fdfuzz::g_device.ctas_per_sm = 2;
-    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
-    if (c.kv_dtype != 0) {
-      q.dtype = FD_DTYPE_BF16;
-      q.kv_dtype = c.kv_dtype;
-    }
     fd::Problem p;
-    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "split case B%d: %s", c.b,
-               fd_last_error_message());
     fd::LaunchDecision d;
-    FUZZ_CHECK(fd::decide_launch(p, true, &d) == FD_STATUS_SUCCESS, "split case B%d: %s", c.b,
-               fd_last_error_message());
+    decide_measured(c.b, c.hq, c.hkv, c.k_len, c.d, c.kv_dtype, 0, &p, &d);
     FUZZ_CHECK(d.split.num_splits == c.splits, "%d/%d D%d B%d K%d kv %d: %d splits, expected %d",
                c.hq, c.hkv, c.d, c.b, c.k_len, c.kv_dtype, d.split.num_splits, c.splits);
   }
-  fdfuzz::g_device = saved;
 }
 
 // The keys-as-M kernels where they were measured faster (docs/RESULTS.md):
@@ -610,31 +619,17 @@ void check_measured_keys_as_m() {
       {16, 32, 2, 4096, 128, 0, false, false},  // a group of 16
       {16, 32, 2, 4096, 128, FD_DTYPE_FP8_E4M3, true, false},
   };
-  const fdfuzz::FakeDevice saved = fdfuzz::g_device;
   for (const Case& c : cases) {
-    fdfuzz::g_device = fdfuzz::FakeDevice{};
-    fdfuzz::g_device.num_sms = 132;
-    fdfuzz::g_device.cc = 90;
-    fdfuzz::g_device.ctas_per_sm = 2;
-    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
-    if (c.kv_dtype != 0) {
-      q.dtype = FD_DTYPE_BF16;
-      q.kv_dtype = c.kv_dtype;
-    }
-    if (c.invariant) q.flags |= FD_FLAG_BATCH_INVARIANT;
     fd::Problem p;
-    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "keys-as-M case B%d: %s",
-               c.b, fd_last_error_message());
     fd::LaunchDecision d;
-    FUZZ_CHECK(fd::decide_launch(p, true, &d) == FD_STATUS_SUCCESS, "keys-as-M case B%d: %s",
-               c.b, fd_last_error_message());
+    decide_measured(c.b, c.hq, c.hkv, c.k_len, c.d, c.kv_dtype,
+                    c.invariant ? FD_FLAG_BATCH_INVARIANT : 0u, &p, &d);
     const fd::LaunchShape s = fd::make_launch_shape(p, d);
     FUZZ_CHECK(d.keys_as_m == c.keys_as_m && s.keys_as_m == c.keys_as_m,
                "%d/%d D%d B%d K%d kv %d invariant %d (%d splits): keys-as-M %d, expected %d",
                c.hq, c.hkv, c.d, c.b, c.k_len, c.kv_dtype, int(c.invariant),
                d.split.num_splits, int(d.keys_as_m), int(c.keys_as_m));
   }
-  fdfuzz::g_device = saved;
 }
 
 }  // namespace
