@@ -9,7 +9,10 @@ The cases are the correctness grid's contiguous cases (tests/gpu/grid_check.py,
 quick size) plus every extension an older library also has (LSE, per-sequence
 lengths, window, sink logits, ALiBi, soft-cap, batch invariance), so an older
 library (whose fd_decode_params ends before the 0.2 fields) runs them too: the
-params are passed with the struct_size that library was built with."""
+params are passed with the struct_size that library was built with. fp8 cases
+(e4m3 and e5m2 caches, f16 and bf16 queries, odd head_dims, strided queries,
+per-tensor and per-head scales) run where both libraries take them (an older one
+refuses them and they are left out, as `--no-fp8` leaves them out)."""
 from __future__ import annotations
 
 import itertools
@@ -21,7 +24,7 @@ import tempfile
 SIZE_0_1 = 264  # sizeof(fd_decode_params) up to v_scale (0.1 callers)
 
 
-def cases():
+def cases(fp8=True):
     out = []
     for B, (Hq, Hkv), K, D, dtype, strided in itertools.product(
             [1, 3], [(1, 1), (8, 8), (32, 8), (28, 4), (8, 1)], [0, 1, 257, 4096],
@@ -35,10 +38,16 @@ def cases():
             dict(bi=1), dict(seq_lens=1, window=257, sinks=1, alibi=1, cap=20.0, bi=1)]
     for ext, (B, Hq, Hkv, K, D) in itertools.product(exts, [(3, 32, 8, 9000, 128), (2, 8, 8, 700, 80)]):
         out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype="bf16", strided=False, ext=ext))
+    if fp8:
+        for i, (B, (Hq, Hkv), K, D, dtype, strided) in enumerate(itertools.product(
+                [1, 3], [(1, 1), (8, 8), (32, 8), (28, 4), (32, 2), (8, 1)], [257, 4096],
+                [7, 72, 128, 256], ["f16", "bf16"], [False, True])):
+            out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype=dtype, strided=strided,
+                            ext=dict(kv=("e4m3", "e5m2")[i % 2], per_head=i % 3 == 0)))
     return out
 
 
-def run_cases(out_dir: str) -> None:
+def run_cases(out_dir: str, with_fp8: bool) -> None:
     import numpy as np
     import torch
 
@@ -46,7 +55,8 @@ def run_cases(out_dir: str) -> None:
     import fdparams as F
 
     dt = {"f16": (torch.float16, F.F16), "bf16": (torch.bfloat16, F.BF16)}
-    for i, c in enumerate(cases()):
+    fp8 = {"e4m3": (torch.float8_e4m3fn, F.FP8_E4M3), "e5m2": (torch.float8_e5m2, F.FP8_E5M2)}
+    for i, c in enumerate(cases(with_fp8)):
         g = torch.Generator(device="cuda").manual_seed(1234 + i)
         tdt, code = dt[c["dtype"]]
         B, Hq, Hkv, K, D = c["B"], c["Hq"], c["Hkv"], c["K"], c["D"]
@@ -54,13 +64,20 @@ def run_cases(out_dir: str) -> None:
         def rnd(*shape):
             return torch.randn(*shape, generator=g, device="cuda").to(tdt)
 
+        e = c["ext"]
+        kv_dt, kv_code = fp8.get(e.get("kv"), (tdt, None))
+
+        def rnd_kv(*shape):
+            x = torch.randn(*shape, generator=g, device="cuda")
+            return (x * 2).to(kv_dt) if kv_code is not None else x.to(tdt)
+
         if c["strided"]:
             q = rnd(B, Hq, D + 3)[:, :, :D]
-            k = rnd(B, K, Hkv, D).permute(0, 2, 1, 3)
-            v = rnd(B, Hkv, K + 5, D + 8)[:, :, 2:K + 2, :D]
+            k = rnd_kv(B, K, Hkv, D).permute(0, 2, 1, 3)
+            v = rnd_kv(B, Hkv, K + 5, D + 8)[:, :, 2:K + 2, :D]
             y = torch.full((B, Hq + 2, D + 1), float("nan"), device="cuda", dtype=tdt)[:, 1:Hq + 1, :D]
         else:
-            q, k, v = rnd(B, Hq, D), rnd(B, Hkv, K, D), rnd(B, Hkv, K, D)
+            q, k, v = rnd(B, Hq, D), rnd_kv(B, Hkv, K, D), rnd_kv(B, Hkv, K, D)
             y = torch.full((B, Hq, D), float("nan"), device="cuda", dtype=tdt)
         lse = torch.full((B, Hq), float("nan"), device="cuda", dtype=torch.float32)
         p = F.new_params(dtype=code, q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(),
@@ -71,9 +88,16 @@ def run_cases(out_dir: str) -> None:
                          v_stride_b=v.stride(0), v_stride_h=v.stride(1), v_stride_k=v.stride(2),
                          y_stride_b=y.stride(0), y_stride_h=y.stride(1),
                          lse=lse.data_ptr(), lse_stride_b=Hq, lse_stride_h=1)
-        p.struct_size = SIZE_0_1
         keep = []
-        e = c["ext"]
+        if kv_code is None:
+            p.struct_size = SIZE_0_1
+        else:
+            p.kv_dtype = kv_code
+            if e["per_head"]:
+                keep += [torch.rand(Hkv, generator=g, device="cuda") + 0.25 for _ in range(2)]
+                p.k_scales, p.v_scales = keep[0].data_ptr(), keep[1].data_ptr()
+            else:
+                p.k_scale, p.v_scale = 0.37, 1.9
         if e.get("sinks"):
             keep.append(torch.randn(Hq, generator=g, device="cuda"))
             p.sinks = keep[-1].data_ptr()
@@ -87,6 +111,8 @@ def run_cases(out_dir: str) -> None:
         p.logits_soft_cap = e.get("cap", 0.0)
         p.flags = F.FLAG_BATCH_INVARIANT if e.get("bi") else 0
         st, need = F.workspace_size(p)
+        if st != 0 and kv_code is not None:
+            continue  # a library without fp8 caches: the comparison leaves the case out
         assert st == 0, (c, F.last_error())
         ws = torch.empty(max(need, 16), dtype=torch.uint8, device="cuda")
         p.workspace, p.workspace_bytes = ws.data_ptr(), need
@@ -98,21 +124,26 @@ def run_cases(out_dir: str) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) == 3 and sys.argv[1] == "--run":
-        run_cases(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "--run":
+        run_cases(sys.argv[2], sys.argv[3] == "fp8")
         return 0
     import numpy as np
 
-    libs = sys.argv[1:3]
+    with_fp8 = "--no-fp8" not in sys.argv
+    libs = [a for a in sys.argv[1:] if a != "--no-fp8"][:2]
     dirs = []
     for lib in libs:
         d = tempfile.mkdtemp()
         env = dict(os.environ, FLASHDECODING_LIBRARY=os.path.abspath(lib))
-        subprocess.run([sys.executable, __file__, "--run", d], env=env, check=True)
+        subprocess.run([sys.executable, __file__, "--run", d, "fp8" if with_fp8 else "-"],
+                       env=env, check=True)
         dirs.append(d)
-    bad = 0
-    all_cases = cases()
+    bad = left_out = 0
+    all_cases = cases(with_fp8)
     for i, case in enumerate(all_cases):
+        if not all(os.path.exists(os.path.join(d, f"y{i}.npy")) for d in dirs):
+            left_out += 1
+            continue
         for name in ("y", "lse"):
             a = np.load(os.path.join(dirs[0], f"{name}{i}.npy"))
             b = np.load(os.path.join(dirs[1], f"{name}{i}.npy"))
@@ -120,8 +151,9 @@ def main() -> int:
                 bad += 1
                 if bad <= 20:
                     print(f"DIFFERENT {name}: {case}")
-    print(f"compare_builds: {len(all_cases)} cases, y and lse each: "
-          + ("OK, same bits" if bad == 0 else f"{bad} outputs differ"))
+    print(f"compare_builds: {len(all_cases) - left_out} cases, y and lse each: "
+          + ("OK, same bits" if bad == 0 else f"{bad} outputs differ")
+          + (f" ({left_out} fp8 cases left out: a library refuses fp8 caches)" if left_out else ""))
     return 1 if bad else 0
 
 

@@ -235,19 +235,65 @@ struct Fp8 {
     if (c.v_scales != nullptr) st.v_scale = c.v_scales[kvh];
   }
 
-  __device__ __forceinline__ static float q_at(const unsigned char* row, int col, bool bf16) {
-    const uint16_t bits = reinterpret_cast<const uint16_t*>(row)[col];
+  __device__ __forceinline__ static float q_value(uint16_t bits, bool bf16) {
     return bf16 ? __uint_as_float(static_cast<uint32_t>(bits) << 16)
                 : __half2float(__ushort_as_half(bits));
   }
 
+  // One query row as this thread's f16 pairs, in the k order the K fragments
+  // below imply: pairs[ks][i] holds physical columns 16 ks + 4t + 2i, +1, the
+  // row scaled by the power of two that brings its largest |q| into
+  // [2^14, 2^15), so a bf16 q keeps its precision in f16 (bf16's 8 mantissa
+  // bits fit f16's 11; only elements over 2^28 times smaller than the row's
+  // largest lose bits). Returns the inverse scale, which the score takes back
+  // in f32. Columns >= D and a row that is not valid are 0.
+  //
+  // Every load is unconditional (a column past the row reads the row's last
+  // element, a row that is not valid reads `row`, which must be a q row) and
+  // the bits stay in registers for the second pass: one load latency per row.
+  // Loads behind `if (col < head_dim)` compiled to a branch around each load
+  // and its use, one round trip per element (docs/RESULTS.md: fp8 start-up).
+  // All lanes of the warp must call it (shuffles over the row's 4 lanes).
+  template <int KSTEPS>
+  __device__ __forceinline__ static float q_row_pairs(uint32_t (&pairs)[KSTEPS][2],
+                                                      const unsigned char* row, bool valid,
+                                                      int head_dim, int tid, bool bf16) {
+    const uint16_t* q16 = reinterpret_cast<const uint16_t*>(row);
+    uint16_t bits[KSTEPS][4];
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int col = ks * 16 + tid * 4 + j;
+        const uint16_t v = q16[col < head_dim ? col : head_dim - 1];
+        bits[ks][j] = valid && col < head_dim ? v : uint16_t{0};
+      }
+    float mx = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) mx = fmaxf(mx, fabsf(q_value(bits[ks][j], bf16)));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    int shift = 0;
+    if (mx > 0.f && mx <= 3.4e38f) {
+      const int e = static_cast<int>((__float_as_uint(mx) >> 23) & 0xffu) - 127;
+      shift = min(max(14 - e, -126), 64);
+    }
+    const float q_scale = __uint_as_float(static_cast<uint32_t>(shift + 127) << 23);
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        pairs[ks][i] = ptx::Mma<__half>::pack(q_value(bits[ks][2 * i], bf16) * q_scale,
+                                              q_value(bits[ks][2 * i + 1], bf16) * q_scale);
+    return __uint_as_float(static_cast<uint32_t>(127 - shift) << 23);
+  }
+
   // Query rows as f16 A fragments whose k index is permuted to match the K
   // fragments below: logical columns 2t, 2t+1 / 2t+8, 2t+9 of k-step ks hold
-  // physical columns 16ks + 4t + {0,1} / {2,3}. A row is scaled by a power of
-  // two that brings its largest |q| into [2^14, 2^15), so a bf16 q keeps its
-  // precision in f16 (bf16's 8 mantissa bits fit f16's 11; only elements over
-  // 2^28 times smaller than the row's largest lose bits); the score is scaled
-  // back in f32.
+  // physical columns 16ks + 4t + {0,1} / {2,3} (q_row_pairs); rows gid and
+  // gid + 8 are A's rows gid and gid + 8.
   template <int KSTEPS>
   __device__ __forceinline__ static void q_elements(uint32_t (&qf)[KSTEPS][4], State& st,
                                                     const fd_decode_params& c,
@@ -255,45 +301,22 @@ struct Fp8 {
                                                     int nh, int gid, int tid) {
     const bool bf16 = lp.q_bf16 != 0;
     const unsigned char* qb = static_cast<const unsigned char*>(c.q) + b * c.q_stride_b * 2;
-    float mx[2] = {0.f, 0.f};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int row = gid + 8 * r;
-      if (row >= nh) continue;
-      const unsigned char* qr = qb + (hq0 + row) * c.q_stride_h * 2;
-#pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int col = ks * 16 + tid * 4 + j;
-          if (col < c.head_dim) mx[r] = fmaxf(mx[r], fabsf(q_at(qr, col, bf16)));
-        }
-    }
-    float q_scale[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      int shift = 0;
-      if (mx[r] > 0.f && mx[r] <= 3.4e38f) {
-        const int e = static_cast<int>((__float_as_uint(mx[r]) >> 23) & 0xffu) - 127;
-        shift = min(max(14 - e, -126), 64);
-      }
-      q_scale[r] = __uint_as_float(static_cast<uint32_t>(shift + 127) << 23);
-      st.q_inv[r] = __uint_as_float(static_cast<uint32_t>(127 - shift) << 23);
-    }
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = i & 1, row = gid + 8 * r;
-        const int col = ks * 16 + tid * 4 + (i >> 1) * 2;
-        const unsigned char* qr = qb + (hq0 + row) * c.q_stride_h * 2;
+      uint32_t pairs[KSTEPS][2] = {};
+      st.q_inv[r] = 1.f;
+      if (8 * r < nh) {  // CTA-uniform: the upper rows only for groups over 8
+        const int row = gid + 8 * r;
         const bool rv = row < nh;
-        const float lo_v = rv && col < c.head_dim ? q_at(qr, col, bf16) * q_scale[r] : 0.f;
-        const float hi_v = rv && col + 1 < c.head_dim ? q_at(qr, col + 1, bf16) * q_scale[r] : 0.f;
-        qf[ks][i] = Mma::pack(lo_v, hi_v);
+        st.q_inv[r] = q_row_pairs<KSTEPS>(pairs, qb + (hq0 + (rv ? row : 0)) * c.q_stride_h * 2,
+                                          rv, c.head_dim, tid, bf16);
       }
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) {
+        qf[ks][r] = pairs[ks][0];
+        qf[ks][2 + r] = pairs[ks][1];
+      }
+    }
   }
 
   // S = Q K^T for one tile. One ldmatrix.x4 reads 16 keys x 32 fp8 columns:

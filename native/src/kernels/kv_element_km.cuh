@@ -137,41 +137,19 @@ struct Fp8Km : Fp8<E5M2> {
                                                     const fd_decode_params& c,
                                                     const LaunchParams& lp, int b, int hq0,
                                                     int nh, int gid, int tid) {
-    const bool bf16 = lp.q_bf16 != 0;
     const bool rv = gid < nh;
     const unsigned char* qr = static_cast<const unsigned char*>(c.q) + b * c.q_stride_b * 2 +
                               (hq0 + (rv ? gid : 0)) * c.q_stride_h * 2;
-    const int head_dim = c.head_dim;
-    float mx = 0.f;
-    if (rv) {
-#pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int col = ks * 16 + tid * 4 + j;
-          if (col < head_dim) mx = fmaxf(mx, fabsf(Base::q_at(qr, col, bf16)));
-        }
-    }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    int shift = 0;
-    if (mx > 0.f && mx <= 3.4e38f) {
-      const int e = static_cast<int>((__float_as_uint(mx) >> 23) & 0xffu) - 127;
-      shift = min(max(14 - e, -126), 64);
-    }
-    const float q_scale = __uint_as_float(static_cast<uint32_t>(shift + 127) << 23);
-    const float q_inv = __uint_as_float(static_cast<uint32_t>(127 - shift) << 23);
+    uint32_t pairs[KSTEPS][2];
+    const float q_inv = Base::template q_row_pairs<KSTEPS>(pairs, qr, rv, c.head_dim, tid,
+                                                           lp.q_bf16 != 0);
     st.q_inv[0] = __shfl_sync(0xffffffffu, q_inv, 8 * tid);      // head 2t: lane 4 (2t)
     st.q_inv[1] = __shfl_sync(0xffffffffu, q_inv, 8 * tid + 4);  // head 2t + 1
 #pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int col = ks * 16 + tid * 4 + i * 2;
-        const float lo_v = rv && col < head_dim ? Base::q_at(qr, col, bf16) * q_scale : 0.f;
-        const float hi_v = rv && col + 1 < head_dim ? Base::q_at(qr, col + 1, bf16) * q_scale : 0.f;
-        qf[ks][i] = Mma::pack(lo_v, hi_v);
-      }
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      qf[ks][0] = pairs[ks][0];
+      qf[ks][1] = pairs[ks][1];
+    }
   }
 
   // S^T = K Q^T for one tile. One ldmatrix.x4 reads 16 keys x 32 fp8 columns
