@@ -2,7 +2,8 @@
 case per kernel path: the contiguous vectorised and element-load kernels, the
 wide 8-warp kernel, split + merge, batch-invariant, head_dim 7 / 72 / 256,
 paged caches (pages of 1, 16 and 17 keys, NHD and HND pools, shuffled ids),
-fp8 e4m3 / e5m2 caches (contiguous and paged, per-tensor and per-head scales),
+fp8 e4m3 / e5m2 caches (contiguous and paged, per-tensor and per-head scales,
+groups of up to 8 and over 8),
 sink tokens under a window, ALiBi, soft-cap, sink logits, LSE, an out-of-pool
 page id (that row NaN, the pools never read outside), and merge_states.
 
@@ -77,6 +78,11 @@ CASES = [
          lens=ragged(3, 1000)),
     Case("fp8_e4m3_contiguous", 2, 16, 4, 2000, 128, kv="e4m3", scales="tensor", vectorized=1),
     Case("fp8_e5m2_contiguous", 2, 16, 4, 2000, 256, dtype=torch.float16, kv="e5m2",
+         scales="head"),
+    # Groups over 8 take the heads-as-M fp8 kernel (query rows gid and gid + 8
+    # per thread); 12 heads leave rows 12-15 empty, head_dim 100 a partial bucket.
+    Case("fp8_e4m3_group12", 2, 24, 2, 1500, 100, kv="e4m3", scales="tensor"),
+    Case("fp8_e5m2_group16_d256", 2, 32, 2, 900, 256, dtype=torch.float16, kv="e5m2",
          scales="head"),
     Case("fp8_e4m3_paged", 3, 16, 4, 1500, 128, layout="paged-nhd", page=16, kv="e4m3",
          scales="head", lens=ragged(3, 1500)),
