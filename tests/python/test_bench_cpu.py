@@ -206,6 +206,8 @@ ZOO_EXTRAS = [
     "Llama-3-8B 32/8 D128 B1 K32768 fp8 e4m3 q bf16", "Llama-3-8B 32/8 D128 B64 K2048 fp8 e4m3 q bf16",
     "Gemma-2-9B 16/8 D256 B1 K8192 bf16", "Gemma-2-9B 16/8 D256 B16 K4096 bf16",
     "Gemma-2-9B 16/8 D256 B64 K2048 bf16", "MHA D256 32/32 D256 B8 K4096 bf16",
+    "Gemma-2-9B 16/8 D256 B1 K8192 soft-cap 50 bf16",
+    "Gemma-2-9B 16/8 D256 B16 K4096 soft-cap 50 bf16",
     "StreamingLLM 32/8 D128 B16 K16384 window 4096 bf16",
     "StreamingLLM 32/8 D128 B16 K16384 window 4096 + 4 sink tokens bf16",
 ]
@@ -238,6 +240,12 @@ def test_zoo_row_features():
     c = _case("ragged batch 32/8 D128 B64 K8192 lengths 256-8192 paged P16 table 32k bf16")
     assert c.ragged and c.page_size == 16 and c.table_keys == 32768
     assert _case("Llama-3-8B 32/8 D128 B64 K2048 fp8 e4m3 q bf16").kv == "e4m3"
+    g = _case("Gemma-2-9B 16/8 D256 B16 K4096 soft-cap 50 bf16")
+    assert g.soft_cap == 50.0 and not g.plain
+    assert g.kv_read_bytes() == _case("Gemma-2-9B 16/8 D256 B16 K4096 bf16").kv_read_bytes()
+    assert g.as_dict()["soft_cap"] == 50.0
+    with pytest.raises(ValueError, match="soft_cap"):
+        g.replace(soft_cap=-1.0)
 
 
 def test_every_zoo_baseline_is_in_the_zoo():
@@ -251,7 +259,8 @@ def test_every_zoo_baseline_is_in_the_zoo():
         base, kind = found
         kinds.add(kind)
         assert base.key() in keys, (c.label(), base.label())
-    assert kinds == {"exact table", "contiguous", "bf16 KV", "window only", "bf16"}
+    assert kinds == {"exact table", "contiguous", "bf16 KV", "window only", "no soft-cap",
+                     "bf16"}
 
 
 def test_baseline_of():
@@ -263,6 +272,7 @@ def test_baseline_of():
         (c.replace(page_size=16), "exact table")
     assert gr.baseline_of(c.replace(kv="e4m3")) == (c, "bf16 KV")
     assert gr.baseline_of(c.replace(dtype="f16")) == (c, "bf16")
+    assert gr.baseline_of(c.replace(soft_cap=50.0)) == (c, "no soft-cap")
     w = c.replace(window=100)
     assert gr.baseline_of(w.replace(sink_tokens=4)) == (w, "window only")
 
@@ -529,6 +539,9 @@ def test_refusals():
     assert support.refusal("fi-cc", phi3) is None
     gemma = _case("Gemma-2-9B 16/8 D256 B16 K4096 bf16")
     assert support.refusal("fi-tc", gemma) is None
+    capped = _case("Gemma-2-9B 16/8 D256 B16 K4096 soft-cap 50 bf16")
+    assert "soft-cap" in support.refusal("sdpa-cudnn", capped)
+    assert support.refusal("fi-cc", capped) is None and support.refusal("fi-tc", capped) is None
     assert support.flashinfer_page_size(plain) == 16
     assert support.flashinfer_page_size(plain.replace(page_size=1)) == 1
     assert support.flashinfer_window_left(sinks) == 127
@@ -545,6 +558,8 @@ def test_ours_options():
     assert support.ours_options(f, 0.5, 1.0) == {"k_scale": 0.5, "v_scale": 1.0}
     s = _case("StreamingLLM 32/8 D128 B16 K16384 window 4096 + 4 sink tokens bf16")
     assert support.ours_options(s) == {"window": 4096, "sink_tokens": 4}
+    g = _case("Gemma-2-9B 16/8 D256 B1 K8192 soft-cap 50 bf16")
+    assert support.ours_options(g) == {"soft_cap": 50.0}
 
 
 def test_ours_options_are_flash_decode_arguments():
@@ -931,7 +946,7 @@ def test_format_table():
     assert "NVIDIA H200" in lines[0] and "132 SMs" in lines[0] and "abc123abc123" in lines[0]
     assert "read ceiling 3000 GB/s from the read kernel" in text
     assert "torch sum 2800" in text and "torch copy 4000 (read+write)" in text
-    assert "== perf grid (10 rows)" in text and "== model zoo (42 rows)" in text
+    assert "== perf grid (10 rows)" in text and "== model zoo (44 rows)" in text
     for _, c in gr.select("all"):
         assert c.label() in text
     assert "FAILED 3.0e-01" in text and "n/a" in text and "unsupported" in text
@@ -964,7 +979,7 @@ def test_json_round_trip():
     rep = fake_report()
     data = json.loads(rpt.to_json(rep))
     assert data["meta"]["device"] == "NVIDIA H200"
-    assert len(data["rows"]) == 52
+    assert len(data["rows"]) == 54
     r0 = data["rows"][0]
     assert r0["case"]["B"] == 1 and r0["case"]["K"] == 8192 and r0["grid"] == "perf"
     assert r0["label"] == "32/8 D128 B1 K8192 bf16"
@@ -980,7 +995,7 @@ def test_json_round_trip():
 def test_csv():
     rep = fake_report()
     rows = list(csv.DictReader(io.StringIO(rpt.to_csv(rep))))
-    assert len(rows) == 52 * len(st.METHODS)
+    assert len(rows) == 54 * len(st.METHODS)
     ours = [r for r in rows if r["method"] == "flashdecoding"]
     assert all(r["ratio_to_best_peer"] for r in ours)
     assert {r["ratio_to_baseline"] != "" for r in ours} == {True, False}
@@ -1004,7 +1019,7 @@ def test_compare_two_runs(tmp_path):
     assert re.search(r"Gemma-2-9B 16/8 D256 B1 K8192 bf16 .* 0\.900  faster", text)
     assert "slower by more than 1%: 32/8 D128 B1 K512 bf16" in text
     both, only = cmp.compare(old, new)
-    assert len(both) == 52 and only == []
+    assert len(both) == 54 and only == []
     (tmp_path / "a.json").write_text(json.dumps(old))
     (tmp_path / "b.json").write_text(json.dumps(new))
     assert cli.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
@@ -1085,7 +1100,7 @@ def test_commit_info(tmp_path):
 
 def test_parse_args_defaults():
     a = cli.parse_args([])
-    assert a.selection == gr.select("all") and len(a.selection) == 52
+    assert a.selection == gr.select("all") and len(a.selection) == 54
     assert a.methods == list(st.METHODS)
     assert a.repeats == 15 and a.warmup_replays == 3
     q = cli.parse_args(["--quick"])
@@ -1130,7 +1145,7 @@ def test_list_needs_no_gpu(capsys):
     out = capsys.readouterr().out
     assert "StreamingLLM 32/8 D128 B16 K16384 window 4096 + 4 sink tokens bf16" in out
     assert "(unsupported: sdpa-flash, sdpa-cudnn, fi-cc, fi-tc)" in out
-    assert out.strip().splitlines()[-1].startswith("30 rows, 30 to measure")
+    assert out.strip().splitlines()[-1].startswith("32 rows, 32 to measure")
 
 
 def test_main_without_a_cuda_gpu_returns_2(capsys):
@@ -1340,7 +1355,7 @@ def test_whole_run_with_fake_devices(tmp_path):
     assert "bar: PASS overall" in text, "\n".join(l for l in text.splitlines() if "bar:" in l)
     assert code == 0
     data = json.loads((tmp_path / "r.json").read_text())
-    assert data["bar"]["all"] is True and len(data["rows"]) == 52
+    assert data["bar"]["all"] is True and len(data["rows"]) == 54
     assert data["ceiling"]["source"] == "read kernel"
     assert data["settings"]["methods"] == list(st.METHODS)
     assert (tmp_path / "r.csv").read_text().startswith("grid,label,")

@@ -122,7 +122,7 @@ class CaseData:
         return gpu.reference(self.q, self.k[r], self.v[r], self.scale, lengths=c.lengths(),
                              window=c.window, sink_tokens=c.sink_tokens,
                              sink_logits=self.sink_logits, k_scale=self.k_scale,
-                             v_scale=self.v_scale)
+                             v_scale=self.v_scale, soft_cap=c.soft_cap)
 
     def pools(self, page_size: int, shuffle: bool) -> Pools:
         """Page pools (built once per page size and order, shared by methods)."""

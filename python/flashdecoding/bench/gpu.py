@@ -55,11 +55,12 @@ def attended_mask(lengths, k_len: int, window: int = 0, sink_tokens: int = 0, de
 
 def reference(q, k, v, scale: float, *, lengths=None, window: int = 0, sink_tokens: int = 0,
               sink_logits=None, k_scale: float = 1.0, v_scale: float = 1.0,
-              chunk_bytes: int = 1 << 29):
+              soft_cap: float = 0.0, chunk_bytes: int = 1 << 29):
     """float32 decode attention: q [B, Hq, D], k/v [B, Hkv, K, D] (any dtype,
     dequantised as k * k_scale, v * v_scale) -> [B, Hq, D].  ``lengths`` per
-    sequence (default K), a window with sink tokens, and per-head sink logits
-    (which join the softmax denominator only).  Runs over batch chunks of about
+    sequence (default K), a window with sink tokens, per-head sink logits
+    (which join the softmax denominator only) and a logit soft-cap
+    (cap * tanh(s / cap)).  Runs over batch chunks of about
     ``chunk_bytes`` of float32 K/V so long caches fit."""
     B, Hq, D = q.shape
     Hkv, K = k.shape[1], k.shape[2]
@@ -77,6 +78,8 @@ def reference(q, k, v, scale: float, *, lengths=None, window: int = 0, sink_toke
             kf = k[b0:b1].float() * k_scale
             vf = v[b0:b1].float() * v_scale
             s = torch.matmul(qf, kf.transpose(-1, -2)) * scale          # [b, Hkv, g, K]
+            if soft_cap:
+                s = soft_cap * torch.tanh(s / soft_cap)
             s = s.masked_fill(~mask[b0:b1, None, None, :], -math.inf)
             m = s.amax(dim=-1, keepdim=True)
             if sinks is not None:

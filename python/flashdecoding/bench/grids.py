@@ -1,6 +1,6 @@
 """The benchmark's grids: the perf grid (ten shapes, the bar's geomean) and the
 model zoo (real model shapes in bf16 and f16, then paged, ragged, fp8,
-head_dim-256, window and sink rows), and which row each row is compared with.
+head_dim-256, soft-cap, window and sink rows), and which row each row is compared with.
 
 Pure Python (no torch).
 """
@@ -63,6 +63,10 @@ _FP8_SHAPES = (Shape(16, 32, 8, 4096, 128), Shape(1, 32, 8, 32768, 128),
 # head_dim 256.
 _D256 = (("Gemma-2-9B", Shape(1, 16, 8, 8192, 256)), ("Gemma-2-9B", Shape(16, 16, 8, 4096, 256)),
          ("Gemma-2-9B", Shape(64, 16, 8, 2048, 256)), ("MHA D256", Shape(8, 32, 32, 4096, 256)))
+# Gemma-2 caps its attention logits at 50 (cap * tanh(s / cap)), next to the
+# same shapes without the cap.
+_SOFT_CAPPED = (("Gemma-2-9B", Shape(1, 16, 8, 8192, 256), 50.0),
+                ("Gemma-2-9B", Shape(16, 16, 8, 4096, 256), 50.0))
 # StreamingLLM: a window and 4 sink tokens, next to the window alone.
 _STREAMING_SHAPE = Shape(16, 32, 8, 16384, 128)
 STREAMING_WINDOW = 4096
@@ -97,8 +101,8 @@ def _model_case(name, hq, hkv, d, b, k, extras, dtype) -> Case:
 
 
 def zoo_grid(dtypes: Sequence[str] = ("bf16", "f16")) -> List[Case]:
-    """The model rows in every dtype of ``dtypes``; the paged, fp8, head_dim-256
-    and StreamingLLM rows in the first (the bar's dtype when it is there)."""
+    """The model rows in every dtype of ``dtypes``; the paged, fp8, head_dim-256,
+    soft-cap and StreamingLLM rows in the first (the bar's dtype when it is there)."""
     if not dtypes:
         raise ValueError("no dtype")
     rows = [_model_case(*m, dtype=dt) for dt in dtypes for m in _MODELS]
@@ -116,6 +120,7 @@ def zoo_grid(dtypes: Sequence[str] = ("bf16", "f16")) -> List[Case]:
             rows.append(base)
         rows.append(base.replace(kv="e4m3"))
     rows.extend(Case(s, dtype=p, name=n) for n, s in _D256)
+    rows.extend(Case(s, dtype=p, name=n, soft_cap=cap) for n, s, cap in _SOFT_CAPPED)
     win = Case(_STREAMING_SHAPE, dtype=p, window=STREAMING_WINDOW, name="StreamingLLM")
     rows.append(win)
     rows.append(win.replace(sink_tokens=STREAMING_SINK_TOKENS))
@@ -163,6 +168,8 @@ def baseline_of(case: Case) -> Optional[Tuple[Case, str]]:
         return case.replace(kv=""), f"{case.dtype} KV"
     if case.sink_tokens:
         return case.replace(sink_tokens=0), "window only"
+    if case.soft_cap:
+        return case.replace(soft_cap=0.0), "no soft-cap"
     if case.dtype == "f16":
         return case.replace(dtype="bf16"), "bf16"
     return None

@@ -264,6 +264,8 @@ def _prepare_flashinfer(data, tensor_cores: bool) -> Prepared:
               sm_scale=data.scale)
     if c.window:
         kw["window_left"] = support.flashinfer_window_left(c)
+    if c.soft_cap:
+        kw["logits_soft_cap"] = float(c.soft_cap)
     w.plan(pools.indptr, pools.indices, pools.last_page_len, s.Hq, s.Hkv, s.D, page, **kw)
     run_kw = {}
     if c.fp8:

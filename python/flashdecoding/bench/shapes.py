@@ -109,6 +109,7 @@ class Case:
     window: int = 0
     sink_tokens: int = 0
     sink_logits: bool = False
+    soft_cap: float = 0.0
     name: str = ""
 
     def __post_init__(self):
@@ -137,6 +138,8 @@ class Case:
             raise ValueError("window and sink_tokens must be >= 0")
         if self.sink_tokens and not self.window:
             raise ValueError("sink_tokens only matter under a window")
+        if not self.soft_cap >= 0:
+            raise ValueError(f"soft_cap {self.soft_cap!r} must be >= 0 (0: none)")
 
     # ---------------------------------------------------------------- identity
     def key(self) -> "Case":
@@ -167,7 +170,8 @@ class Case:
     @property
     def plain(self) -> bool:
         """A contiguous 16-bit cache, every sequence K long, full attention."""
-        return not (self.paged or self.fp8 or self.ragged or self.window or self.sink_logits)
+        return not (self.paged or self.fp8 or self.ragged or self.window or self.sink_logits
+                    or self.soft_cap)
 
     def lengths(self) -> Tuple[int, ...]:
         return self.seq_lens or (self.shape.K,) * self.shape.B
@@ -234,6 +238,8 @@ class Case:
             out.append(f"+ {self.sink_tokens} sink tokens")
         if self.sink_logits:
             out.append("+ sink logits")
+        if self.soft_cap:
+            out.append(f"soft-cap {self.soft_cap:g}")
         return out
 
     def label(self) -> str:
@@ -248,7 +254,8 @@ class Case:
                 "kv_dtype": self.kv_dtype, "page_size": self.page_size,
                 "max_pages": self.max_pages, "max_seq_len": self.max_seq_len,
                 "seq_lens": list(self.seq_lens) or None, "window": self.window,
-                "sink_tokens": self.sink_tokens, "sink_logits": self.sink_logits}
+                "sink_tokens": self.sink_tokens, "sink_logits": self.sink_logits,
+                "soft_cap": self.soft_cap}
 
 
 def _keys_text(n: int) -> str:

@@ -26,6 +26,8 @@ def sdpa_refusal(case) -> Optional[str]:
         return "SDPA's flash and cuDNN decode take no sliding window"
     if case.sink_logits:
         return "SDPA has no sink logits"
+    if case.soft_cap:
+        return "SDPA has no logit soft-cap"
     return None
 
 
@@ -72,6 +74,8 @@ def ours_options(case, k_scale: float = 1.0, v_scale: float = 1.0) -> dict:
         opts["window"] = case.window
     if case.sink_tokens:
         opts["sink_tokens"] = case.sink_tokens
+    if case.soft_cap:
+        opts["soft_cap"] = float(case.soft_cap)
     if case.paged:
         opts["kv_layout"] = "HND"
         opts["max_seq_len"] = case.max_seq_len
