@@ -9,7 +9,8 @@ checked against a float32 reference first.
 
 A shape is B,Hq,Hkv,K,D with optional suffixes joined by ':': pagedN (a page
 pool of page size N, NHD, pages shuffled), e4m3 / e5m2 (fp8 KV, bf16 q),
-ragged (per-sequence lengths spread from K/32 to K), f16 (q and KV f16).
+ragged (per-sequence lengths spread from K/32 to K), f16 (q and KV f16), capN
+(logit soft-cap N, as Gemma-2's 50), alibi (ALiBi slopes of a 2^(-8h/Hq) series).
 A library that refuses a shape (an older build) reports it and goes on.
 Prints one line per shape: us per call for each library and the ratio to the
 first; --json writes everything."""
@@ -30,7 +31,8 @@ SIZE_0_1 = 264  # fd_decode_params as 0.1 callers compiled it
 def parse_shape(text):
     head, *mods = text.split(":")
     b, hq, hkv, k, d = (int(x) for x in head.split(","))
-    spec = dict(B=b, Hq=hq, Hkv=hkv, K=k, D=d, page=0, kv=None, ragged=False, dtype="bf16")
+    spec = dict(B=b, Hq=hq, Hkv=hkv, K=k, D=d, page=0, kv=None, ragged=False, dtype="bf16",
+                cap=0.0, alibi=False)
     for m in mods:
         if m.startswith("paged"):
             spec["page"] = int(m[5:])
@@ -40,6 +42,10 @@ def parse_shape(text):
             spec["ragged"] = True
         elif m == "f16":
             spec["dtype"] = "f16"
+        elif m.startswith("cap"):
+            spec["cap"] = float(m[3:])
+        elif m == "alibi":
+            spec["alibi"] = True
         else:
             raise SystemExit(f"unknown shape suffix {m!r} in {text!r}")
     return spec
@@ -64,6 +70,9 @@ def time_one(spec, repeats):
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(B, Hq, D, generator=g, device="cuda").to(tdt)
     y = torch.empty(B, Hq, D, device="cuda", dtype=tdt)
+    slopes = None
+    if spec["alibi"]:
+        slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / Hq) for h in range(Hq)], device="cuda")
     lens = None
     if spec["ragged"]:
         lo = max(1, K // 32)
@@ -107,6 +116,9 @@ def time_one(spec, repeats):
             p.kv_dtype = F.FP8_E4M3 if spec["kv"] == "e4m3" else F.FP8_E5M2
         if lens is not None:
             p.seq_lens = lens.data_ptr()
+        p.logits_soft_cap = spec["cap"]
+        if slopes is not None:
+            p.alibi_slopes = slopes.data_ptr()
         if not (P or spec["kv"]):
             p.struct_size = SIZE_0_1  # an older build runs these too
         st, need = F.workspace_size(p)
@@ -130,6 +142,12 @@ def time_one(spec, repeats):
         kd, vd = reps[0][0].float(), reps[0][1].float()
     gq = Hq // Hkv
     s = torch.einsum("bhgd,bhkd->bhgk", q.float().reshape(B, Hkv, gq, D), kd) * scale
+    if spec["cap"] > 0:
+        s = spec["cap"] * torch.tanh(s / spec["cap"])
+    if slopes is not None:
+        last = (lens if lens is not None else torch.full((B,), K, device="cuda")) - 1
+        dist = torch.arange(K, device="cuda").reshape(1, K) - last.reshape(B, 1)
+        s = s + slopes.reshape(1, Hkv, gq, 1) * dist.reshape(B, 1, 1, K).float()
     if lens is not None:
         mask = torch.arange(K, device="cuda").reshape(1, 1, 1, K) >= lens.reshape(B, 1, 1, 1)
         s = s.masked_fill(mask, -math.inf)

@@ -35,6 +35,8 @@ struct LaunchParams {
   int32_t q_vec;
   // Soft-cap or ALiBi: the slow score path.
   int32_t has_logit_mods;
+  // 1 / logits_soft_cap (0 without a soft-cap): the cap's division as a product.
+  float soft_cap_inv;
   // fp8 cells: q and y are bf16 (else f16).
   int32_t q_bf16;
   // The caller's per-tensor fp8 scales with 0 read as 1.

@@ -43,8 +43,9 @@ struct CtaRows {
 // element: the plain scale and no mask are the path of nearly every tile.
 template <class Elem>
 __device__ __forceinline__ void tile_scores(float (&s)[2][4], const typename Elem::State& st,
-                                            const fd_decode_params& c, bool logit_mods,
-                                            const CtaRows& cr, int key0, int key_end) {
+                                            const fd_decode_params& c, const LaunchParams& lp,
+                                            bool logit_mods, const CtaRows& cr, int key0,
+                                            int key_end) {
   if constexpr (Elem::kKeysAsM) {  // s[0][e]: key gid + 8 (e >> 1), head 2t + (e & 1)
     if (!logit_mods) {
 #pragma unroll
@@ -53,8 +54,8 @@ __device__ __forceinline__ void tile_scores(float (&s)[2][4], const typename Ele
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + cr.gid + 8 * (e >> 1);
-        s[0][e] = modified_logit(Elem::logit(st, s[0][e], e & 1), c, 2 * cr.tid + (e & 1),
-                                 cr.nh, cr.hq0, key, cr.seq_len) *
+        s[0][e] = modified_logit(Elem::logit(st, s[0][e], e & 1), c, lp.soft_cap_inv,
+                                 2 * cr.tid + (e & 1), cr.nh, cr.hq0, key, cr.seq_len) *
                   kLog2e;
       }
     }
@@ -75,8 +76,8 @@ __device__ __forceinline__ void tile_scores(float (&s)[2][4], const typename Ele
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + n * 8 + cr.tid * 2 + (e & 1);
-        s[n][e] = modified_logit(Elem::logit(st, s[n][e], e >> 1), c, cr.gid + (e >> 1) * 8,
-                                 cr.nh, cr.hq0, key, cr.seq_len) *
+        s[n][e] = modified_logit(Elem::logit(st, s[n][e], e >> 1), c, lp.soft_cap_inv,
+                                 cr.gid + (e >> 1) * 8, cr.nh, cr.hq0, key, cr.seq_len) *
                   kLog2e;
       }
   }
@@ -243,7 +244,7 @@ __device__ __forceinline__ void run_mainloop(RowState<Elem::template acc_tiles<T
 
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
     Elem::template qk<Tr, KSTEPS>(s, qf, sk, lane);
-    tile_scores<Elem>(s, st, c, logit_mods, cr, span.key0(t), span.end(t));
+    tile_scores<Elem>(s, st, c, lp, logit_mods, cr, span.key0(t), span.end(t));
     online_softmax<NT, Elem::kKeysAsM>(s, rs);
     Elem::template pv<Tr, NT>(rs.o, s, sv, lane);
     if constexpr (!VEC) __syncwarp();  // the next synchronous load reuses the slot

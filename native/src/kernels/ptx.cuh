@@ -212,6 +212,14 @@ __device__ __forceinline__ float exp2_ftz(float x) {
   return y;
 }
 
+// 1 / x to about 1 ulp, subnormal inputs and results flushed: the hardware's
+// rcp alone (1 / inf = 0, 1 / 0 = inf).
+__device__ __forceinline__ float rcp_ftz(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Byte permute: result byte i is byte (sel >> 4i) & 7 of the pair {b:a}.
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   uint32_t d;

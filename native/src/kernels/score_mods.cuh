@@ -8,6 +8,7 @@
 
 #include "../cta_shape.h"
 #include "flashdecoding/flashdecoding.h"
+#include "ptx.cuh"
 
 namespace fd {
 
@@ -47,12 +48,26 @@ struct KeySpan {
   __device__ __forceinline__ int end(int t) const { return t < a_tiles ? a1 : b1; }
 };
 
-// The logit of a raw score under soft-cap and ALiBi (natural units), for
+// tanh(x) = 1 - 2 / (e^2x + 1) from the hardware's ex2 and rcp: within about
+// 4e-7 of tanh (absolute; ex2 and rcp are each good to about 2^-22 relative),
+// exactly -1 / 1 once e^2x under- or overflows, NaN for NaN. tanhf's range
+// split and polynomial, after an IEEE division by the cap, took about three
+// times the instructions on every score of a soft-capped model's every tile.
+__device__ __forceinline__ float tanh_fast(float x) {
+  const float e = ptx::exp2_ftz(x * (2.f * kLog2e));
+  return 1.f - 2.f * ptx::rcp_ftz(e + 1.f);
+}
+
+// The logit of a raw score under soft-cap (cap * tanh(logit / cap), the
+// division as a product with cap_inv = 1 / cap) and ALiBi, natural units, for
 // query row `row` of the CTA (head hq0 + row; rows >= nh are padding) at key
-// `key` of a sequence of length seq_len.
-__device__ __forceinline__ float modified_logit(float logit, const fd_decode_params& c, int row,
-                                                int nh, int hq0, int key, int seq_len) {
-  if (c.logits_soft_cap > 0.f) logit = c.logits_soft_cap * tanhf(logit / c.logits_soft_cap);
+// `key` of a sequence of length seq_len. The slope is read per score (an L1
+// hit): held in registers across the tile loop it made the 8-warp 16-bit
+// kernels spill.
+__device__ __forceinline__ float modified_logit(float logit, const fd_decode_params& c,
+                                                float cap_inv, int row, int nh, int hq0,
+                                                int key, int seq_len) {
+  if (c.logits_soft_cap > 0.f) logit = c.logits_soft_cap * tanh_fast(logit * cap_inv);
   if (c.alibi_slopes != nullptr && row < nh)
     logit += c.alibi_slopes[hq0 + row] * static_cast<float>(key - (seq_len - 1));
   return logit;
