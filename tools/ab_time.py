@@ -10,7 +10,9 @@ checked against a float32 reference first.
 A shape is B,Hq,Hkv,K,D with optional suffixes joined by ':': pagedN (a page
 pool of page size N, NHD, pages shuffled), e4m3 / e5m2 (fp8 KV, bf16 q),
 ragged (per-sequence lengths spread from K/32 to K), f16 (q and KV f16), capN
-(logit soft-cap N, as Gemma-2's 50), alibi (ALiBi slopes of a 2^(-8h/Hq) series).
+(logit soft-cap N, as Gemma-2's 50), alibi (ALiBi slopes of a 2^(-8h/Hq) series),
+hnd (the page pool [pages, Hkv, N, D] instead of NHD), ordered (the block table
+lists the pool's pages in order instead of shuffled).
 A library that refuses a shape (an older build) reports it and goes on.
 Prints one line per shape: us per call for each library and the ratio to the
 first; --json writes everything."""
@@ -32,7 +34,7 @@ def parse_shape(text):
     head, *mods = text.split(":")
     b, hq, hkv, k, d = (int(x) for x in head.split(","))
     spec = dict(B=b, Hq=hq, Hkv=hkv, K=k, D=d, page=0, kv=None, ragged=False, dtype="bf16",
-                cap=0.0, alibi=False)
+                cap=0.0, alibi=False, hnd=False, ordered=False)
     for m in mods:
         if m.startswith("paged"):
             spec["page"] = int(m[5:])
@@ -44,8 +46,8 @@ def parse_shape(text):
             spec["dtype"] = "f16"
         elif m.startswith("cap"):
             spec["cap"] = float(m[3:])
-        elif m == "alibi":
-            spec["alibi"] = True
+        elif m in ("alibi", "hnd", "ordered"):
+            spec[m] = True
         else:
             raise SystemExit(f"unknown shape suffix {m!r} in {text!r}")
     return spec
@@ -82,9 +84,15 @@ def time_one(spec, repeats):
         if P:
             mp = -(-K // P)
             pages = B * mp
-            kp = torch.randn(pages, P, Hkv, D, generator=g, device="cuda").to(kvt)
-            vp = torch.randn(pages, P, Hkv, D, generator=g, device="cuda").to(kvt)
-            table = torch.randperm(pages, generator=g, device="cuda").to(torch.int32).reshape(B, mp)
+            # The pool as [pages, P, Hkv, D] (NHD) or a permuted view of an HND pool.
+            shape = (pages, Hkv, P, D) if spec["hnd"] else (pages, P, Hkv, D)
+            kp = torch.randn(*shape, generator=g, device="cuda").to(kvt)
+            vp = torch.randn(*shape, generator=g, device="cuda").to(kvt)
+            if spec["hnd"]:
+                kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)
+            order = (torch.arange(pages, device="cuda") if spec["ordered"] else
+                     torch.randperm(pages, generator=g, device="cuda"))
+            table = order.to(torch.int32).reshape(B, mp)
             reps.append((kp, vp, table, mp, pages))
         else:
             k = torch.randn(B, Hkv, K, D, generator=g, device="cuda").to(kvt)
@@ -101,9 +109,9 @@ def time_one(spec, repeats):
         if P:
             kp, vp, table, mp, pages = reps[r]
             p.k, p.v = kp.data_ptr(), vp.data_ptr()
-            p.k_stride_h = p.v_stride_h = D
-            p.k_stride_k = p.v_stride_k = Hkv * D
-            p.k_stride_page = p.v_stride_page = P * Hkv * D
+            p.k_stride_h = p.v_stride_h = kp.stride(2)
+            p.k_stride_k = p.v_stride_k = kp.stride(1)
+            p.k_stride_page = p.v_stride_page = kp.stride(0)
             p.block_table, p.block_table_stride_b = table.data_ptr(), mp
             p.page_size, p.max_pages, p.num_pages = P, mp, pages
         else:
