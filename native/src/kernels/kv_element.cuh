@@ -378,8 +378,8 @@ struct Fp8 {
       for (int h = 0; h < 2; ++h) {
         const int ch = 2 * cp + h;
         uint32_t b0[2], b1[2];  // [parity]
-        ptx::fp8x4_to_f16x2x2<E5M2>(ptx::prmt(r[2 * h], 0u, 0x3120u), b0[0], b0[1]);
-        ptx::fp8x4_to_f16x2x2<E5M2>(ptx::prmt(r[2 * h + 1], 0u, 0x3120u), b1[0], b1[1]);
+        ptx::fp8x4_alternate_to_f16x2x2<E5M2>(r[2 * h], b0[0], b0[1]);
+        ptx::fp8x4_alternate_to_f16x2x2<E5M2>(r[2 * h + 1], b1[0], b1[1]);
 #pragma unroll
         for (int parity = 0; parity < 2; ++parity) Mma::run(o[2 * ch + parity], a, b0[parity], b1[parity]);
       }

@@ -203,8 +203,8 @@ struct Fp8Km : Fp8<E5M2> {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         uint32_t a[4];
-        ptx::fp8x4_to_f16x2x2<E5M2>(ptx::prmt(r[2 * h], 0u, 0x3120u), a[0], a[1]);
-        ptx::fp8x4_to_f16x2x2<E5M2>(ptx::prmt(r[2 * h + 1], 0u, 0x3120u), a[2], a[3]);
+        ptx::fp8x4_alternate_to_f16x2x2<E5M2>(r[2 * h], a[0], a[1]);
+        ptx::fp8x4_alternate_to_f16x2x2<E5M2>(r[2 * h + 1], a[2], a[3]);
         Mma::run(o[2 * cp + h], a, b0, b1);
       }
     }

@@ -183,15 +183,17 @@ __device__ __forceinline__ void launch_dependents() {
 // Four fp8 values (bytes 0-3 of `quad`) as two f16x2: bytes 0, 1 in `lo`,
 // bytes 2, 3 in `hi`, the lower byte in the lower half. Exact: every e4m3 and
 // e5m2 value is an f16 value. sm_89+. The halves of `quad` go to the
-// conversions as 16-bit registers, so no shift extracts the upper pair.
+// conversions as 16-bit registers, so no shift extracts the upper pair. An
+// e5m2 byte is the upper byte of the f16 of the same value (same exponent
+// bias, the mantissa's low 8 bits zero): a byte permute per pair, no
+// conversion instruction.
 template <bool E5M2>
 __device__ __forceinline__ void fp8x4_to_f16x2x2(uint32_t quad, uint32_t& lo, uint32_t& hi) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  if constexpr (E5M2)
-    asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e5m2x2 %0, l;\n"
-        "cvt.rn.f16x2.e5m2x2 %1, h;\n}\n"
-        : "=r"(lo), "=r"(hi) : "r"(quad));
-  else
+  if constexpr (E5M2) {
+    asm("prmt.b32 %0, %1, 0, 0x1404;\n" : "=r"(lo) : "r"(quad));  // {b1, 0, b0, 0}
+    asm("prmt.b32 %0, %1, 0, 0x3424;\n" : "=r"(hi) : "r"(quad));  // {b3, 0, b2, 0}
+  } else
     asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\n"
         "cvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
         : "=r"(lo), "=r"(hi) : "r"(quad));
@@ -225,6 +227,21 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   uint32_t d;
   asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
   return d;
+}
+
+// Four fp8 values as two f16x2 by alternate bytes: bytes 0, 2 in `lo`, bytes
+// 1, 3 in `hi`, the lower byte in the lower half (ldmatrix.trans of fp8 bytes
+// as 16-bit pairs leaves two keys of one column in bytes 0 and 2). For e5m2
+// the regrouping and the conversion are one byte permute per pair.
+template <bool E5M2>
+__device__ __forceinline__ void fp8x4_alternate_to_f16x2x2(uint32_t quad, uint32_t& lo,
+                                                           uint32_t& hi) {
+  if constexpr (E5M2) {
+    lo = prmt(quad, 0u, 0x2404u);  // {b2, 0, b0, 0}
+    hi = prmt(quad, 0u, 0x3414u);  // {b3, 0, b1, 0}
+  } else {
+    fp8x4_to_f16x2x2<false>(prmt(quad, 0u, 0x3120u), lo, hi);
+  }
 }
 
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
