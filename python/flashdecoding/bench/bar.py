@@ -48,7 +48,7 @@ CRITERIA = (
      f"{round((CAPACITY_LIMIT - 1) * 100)}% of the exactly sized table"),
     ("fp8",
      f"fp8 rows over {BIG_KV_BYTES // 10**6} MB (16-bit equivalent) in <= {FP8_LIMIT:.2f}x "
-     "our 16-bit time of the same shape"),
+     "flashdecoding's 16-bit time of the same shape"),
     ("f16", f"f16 no slower than bf16 (f16 / bf16 <= {F16_LIMIT:.2f})"),
 )
 TEXT = dict(CRITERIA)
