@@ -1,5 +1,7 @@
 #include "launch_plan.h"
 
+#include <algorithm>
+#include <cfloat>
 #include <cstdint>
 
 #include "kernel_table.h"
@@ -200,7 +202,11 @@ DecodeArgs make_decode_args(const Problem& p, const LaunchDecision& dec) {
   l.q_vec = p.c.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(p.c.q) % 16 == 0 &&
             p.c.q_stride_b % 8 == 0 && p.c.q_stride_h % 8 == 0;
   l.has_logit_mods = (p.c.logits_soft_cap > 0.f || p.c.alibi_slopes != nullptr) ? 1 : 0;
-  l.soft_cap_inv = p.c.logits_soft_cap > 0.f ? 1.f / p.c.logits_soft_cap : 0.f;
+  // A subnormal cap's reciprocal overflows to inf, and a score of exactly 0
+  // (a zero query row) would become 0 * inf = NaN; FLT_MAX keeps it 0, and
+  // tanh saturates every other score either way, as it does for x / cap.
+  l.soft_cap_inv =
+      p.c.logits_soft_cap > 0.f ? std::min(1.f / p.c.logits_soft_cap, FLT_MAX) : 0.f;
   l.q_bf16 = p.c.dtype == FD_DTYPE_BF16 ? 1 : 0;
   l.k_scale = p.c.k_scale != 0.f ? p.c.k_scale : 1.f;
   l.v_scale = p.c.v_scale != 0.f ? p.c.v_scale : 1.f;

@@ -92,6 +92,19 @@ def test_each_extension_matches_the_reference(name, element):
     check(y, lse, ref_y, ref_lse, element)
 
 
+def test_a_subnormal_soft_cap_on_a_zero_query_row_matches_the_reference():
+    # 1 / cap overflows float32 there; head 0's scores are all exactly 0.
+    element = BF16
+    rng = np.random.default_rng(3)
+    q = host((B, HQ, D), element, rng)
+    q[:, 0] = 0
+    k, v = host((B, HKV, 300, D), element, rng), host((B, HKV, 300, D), element, rng)
+    y, lse = decode_twice(q, k, v, element, soft_cap=1e-39)
+    assert np.isfinite(y.astype(np.float32)).all() and np.isfinite(lse).all()
+    ref_y, ref_lse = reference_of(q, k, v, soft_cap=1e-39, scale=D ** -0.5)
+    check(y, lse, ref_y, ref_lse, element)
+
+
 def test_sink_tokens_change_the_result_only_under_a_window():
     element = F16
     rng = np.random.default_rng(1)
