@@ -20,6 +20,7 @@ struct LaunchShape {
   bool vec = false;   // 16-byte cp.async kernel (else element loads)
   bool wide = false;  // the 8-warp kernel
   bool keys_as_m = false;  // the keys-as-M kernels (vec only)
+  bool whole_tiles = false;  // paged, every tile in one page: PagedTilesKv (vec only)
   bool pdl = false;   // programmatic dependent launch
   int head_blocks = 1;
   int pad_smem_bytes = 0;  // > 0: pad dynamic shared memory to this many bytes

@@ -219,9 +219,19 @@ DecodeArgs make_decode_args(const Problem& p, const LaunchDecision& dec) {
   return a;
 }
 
+// Every 16-key tile of every CTA lies in one page: a power-of-two page of at
+// least 16 keys, and tiles that start at multiples of 16 (chunks are whole
+// tiles; a window starts its tiles at an arbitrary key).
+bool whole_tile_pages(const Problem& p, int chunk_len) {
+  const int ps = p.c.page_size;
+  return is_paged(p) && ps >= kTileKeys && (ps & (ps - 1)) == 0 && p.c.window_size == 0 &&
+         chunk_len % kTileKeys == 0;
+}
+
 LaunchShape make_launch_shape(const Problem& p, const LaunchDecision& d) {
   LaunchShape s;
   s.vec = d.vec;
+  s.whole_tiles = d.vec && whole_tile_pages(p, d.split.chunk_len);
   s.wide = d.wide;
   s.keys_as_m = d.keys_as_m;
   s.pdl = d.dev.cc >= 90;  // programmatic dependent launch

@@ -44,6 +44,10 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out);
 DecodeArgs make_decode_args(const Problem& p, const LaunchDecision& d);
 LaunchShape make_launch_shape(const Problem& p, const LaunchDecision& d);
 
+// Whether every tile of a paged problem split into chunks of chunk_len keys
+// lies in one page (the launch then takes the PagedTilesKv kernels).
+bool whole_tile_pages(const Problem& p, int chunk_len);
+
 // Validates, decides and launches. Returns a status; on failure nothing ran.
 int run_problem(const Problem& p);
 

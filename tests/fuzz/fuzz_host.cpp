@@ -300,6 +300,17 @@ void check_launch(const fd::Problem& pr, long launches_before) {
                    a.v_stride_b == 0,
                "paged launch page %d, %d pages of a %d-entry table for k_len %d", a.page_size,
                a.num_pages, a.max_pages, a.k_len);
+  // The whole-tile paged kernels exactly where every tile lies in one page:
+  // a power-of-two page of at least 16 keys, no window, chunks of whole tiles.
+  {
+    const bool pow2 = a.page_size >= fd::kTileKeys && (a.page_size & (a.page_size - 1)) == 0;
+    const bool whole = fd::is_paged(pr) && s.vec && pow2 && a.window_size == 0 &&
+                       d.chunk_len % fd::kTileKeys == 0;
+    FUZZ_CHECK(s.whole_tiles == whole,
+               "whole-tile kernels %d for page %d, window %d, chunk %d, vec %d (expected %d)",
+               int(s.whole_tiles), a.page_size, a.window_size, d.chunk_len, int(s.vec),
+               int(whole));
+  }
   // fp8: the scales the kernel multiplies by are finite and positive.
   FUZZ_CHECK(std::isfinite(d.k_scale) && d.k_scale > 0.f && std::isfinite(d.v_scale) &&
                  d.v_scale > 0.f,
@@ -632,12 +643,55 @@ void check_measured_keys_as_m() {
   }
 }
 
+// The whole-tile paged kernels on the pools engines use (page 16 to 128),
+// not on page 1, 17 or 48, nor under a window (tiles start anywhere).
+void check_whole_tile_pages() {
+  struct Case {
+    int page, window;
+    bool whole;
+  } cases[] = {{16, 0, true}, {32, 0, true}, {64, 0, true}, {128, 0, true}, {256, 0, true},
+               {1, 0, false}, {8, 0, false}, {17, 0, false}, {48, 0, false}, {16, 128, false}};
+  const uint64_t table = (uint64_t{1} << 40) + 5 * (uint64_t{1} << 36);
+  for (const Case& c : cases) {
+    for (int b : {1, 16}) {  // split (a chunk of whole tiles) and unsplit
+      const int k_len = 4096, hkv = 8, d = 128;
+      fd_decode_params q = measured_params(b, 32, hkv, k_len, d);
+      const int max_pages = (k_len + c.page - 1) / c.page;
+      q.block_table = reinterpret_cast<const int32_t*>(table);
+      q.block_table_stride_b = max_pages;
+      q.page_size = c.page;
+      q.max_pages = max_pages;
+      q.num_pages = b * max_pages;
+      q.k_stride_b = q.v_stride_b = 0;
+      q.k_stride_page = q.v_stride_page = int64_t{c.page} * hkv * d;  // NHD pages
+      q.k_stride_h = q.v_stride_h = d;
+      q.k_stride_k = q.v_stride_k = int64_t{hkv} * d;
+      q.window_size = c.window;
+      const fdfuzz::FakeDevice saved = fdfuzz::g_device;
+      fdfuzz::g_device = fdfuzz::FakeDevice{};
+      fdfuzz::g_device.ctas_per_sm = 2;
+      fd::Problem p;
+      FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "page %d: %s", c.page,
+                 fd_last_error_message());
+      fd::LaunchDecision dec;
+      FUZZ_CHECK(fd::decide_launch(p, true, &dec) == FD_STATUS_SUCCESS, "page %d: %s", c.page,
+                 fd_last_error_message());
+      fdfuzz::g_device = saved;
+      const fd::LaunchShape s = fd::make_launch_shape(p, dec);
+      FUZZ_CHECK(s.vec && s.whole_tiles == c.whole,
+                 "B%d page %d window %d (%d splits): whole-tile kernels %d, expected %d", b,
+                 c.page, c.window, dec.split.num_splits, int(s.whole_tiles), int(c.whole));
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   check_measured_decisions();
   check_measured_splits();
   check_measured_keys_as_m();
+  check_whole_tile_pages();
   return 0;
 }
 

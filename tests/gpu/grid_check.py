@@ -360,7 +360,8 @@ def set_pool(p, kpool, vpool, table, layout, max_pages, num_pages, P):
 
 def paged_cases(quick):
     pages = [1, 3, 16, 17, 64, 256]
-    shapes = [(3, 32, 8, 1000, 128), (2, 8, 2, 300, 64), (2, 16, 8, 700, 256), (5, 8, 8, 64, 72)]
+    shapes = [(3, 32, 8, 1000, 128), (2, 8, 2, 300, 64), (2, 16, 8, 700, 256), (5, 8, 8, 64, 72),
+              (2, 32, 2, 600, 256)]
     feats = [{}, dict(seq_lens=True), dict(seq_lens=True, window=100, sink_tokens=4, sinks=True,
                                           alibi=True, cap=25.0), dict(batch_invariant=True)]
     if quick:

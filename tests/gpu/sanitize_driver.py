@@ -1,7 +1,8 @@
 """Decodes through the C ABI for compute-sanitizer (scripts/sanitize.sh), one
 case per kernel path: the contiguous vectorised and element-load kernels, the
 wide 8-warp kernel, split + merge, batch-invariant, head_dim 7 / 72 / 256,
-paged caches (pages of 1, 16 and 17 keys, NHD and HND pools, shuffled ids),
+paged caches (pages of 1, 16, 17 and 32 keys, NHD and HND pools, shuffled
+ids; one-page tiles in the heads-as-M and keys-as-M kernels),
 fp8 e4m3 / e5m2 caches (contiguous and paged, per-tensor and per-head scales,
 groups of up to 8 and over 8),
 sink tokens under a window, ALiBi, soft-cap, sink logits, LSE, an out-of-pool
@@ -74,6 +75,9 @@ CASES = [
     Case("paged_page1_nhd", 3, 8, 2, 300, 64, layout="paged-nhd", page=1, lens=ragged(3, 300)),
     Case("paged_page16_hnd", 4, 16, 4, 3000, 128, layout="paged-hnd", page=16,
          lens=ragged(4, 3000), split=True),
+    # A group of 16 at head_dim 256: the heads-as-M kernel over one-page tiles.
+    Case("paged_page32_group16_d256", 2, 32, 2, 2000, 256, dtype=torch.float16,
+         layout="paged-nhd", page=32, lens=ragged(2, 2000)),
     Case("paged_page17_nhd", 3, 8, 8, 1000, 72, dtype=torch.float16, layout="paged-nhd", page=17,
          lens=ragged(3, 1000)),
     Case("fp8_e4m3_contiguous", 2, 16, 4, 2000, 128, kv="e4m3", scales="tensor", vectorized=1),

@@ -4,6 +4,7 @@
 //   ContiguousKv  k + b*k_stride_b + h*k_stride_h + j*k_stride_k (any strides)
 //   PagedKv       a page pool and a block table: page = table[b][j / page_size],
 //                 row j % page_size of that page
+//   PagedTilesKv  the same for pools whose every 16-key tile lies in one page
 //
 // Both present the same interface to the mainloop:
 //   length(raw)            a sequence's length from seq_lens[b] (device data)
@@ -100,7 +101,9 @@ struct ContiguousKv {
   }
 };
 
-struct PagedKv {
+// What both paged sources share: the pools, the sequence's block-table row,
+// the length check and the pre-wait prefetch.
+struct PagedPool {
   static constexpr bool kPaged = true;
   const unsigned char* k;  // pool base + this KV head's offset
   const unsigned char* v;
@@ -109,12 +112,6 @@ struct PagedKv {
   const int32_t* table;    // this sequence's block-table row
   int page_size, num_pages;
   int page_shift;  // log2(page_size) for a power of two, else -1
-  // Lane l < 16 looks up key key0 + l of a tile: its page id and in-page row.
-  int page = 0, slot = 0, key0 = 0, end = 0;
-  int next_page = 0, next_slot = 0, next_key0 = 0, next_end = 0;
-  bool one_page = false;    // the current tile lies in one page of the pool
-  const unsigned char* tile_k = nullptr;  // ... and its first row there
-  const unsigned char* tile_v = nullptr;
   bool bad = false;
 
   template <int KV_BYTES>
@@ -152,6 +149,35 @@ struct PagedKv {
     }
     return raw;
   }
+  // Bytes from one row of a one-page tile to the next.
+  template <int KV_BYTES>
+  __device__ __forceinline__ int64_t k_row_bytes(const fd_decode_params&) const { return k_row; }
+  template <int KV_BYTES>
+  __device__ __forceinline__ int64_t v_row_bytes(const fd_decode_params&) const { return v_row; }
+  // The pre-wait prefetch reads the block table before the previous grid has
+  // finished (it may still be writing it): a stale id only costs a wasted
+  // prefetch, and an id outside the pool is not prefetched.
+  template <int KV_BYTES>
+  __device__ __forceinline__ bool prefetch_row(const fd_decode_params&, int key,
+                                               const unsigned char** kp,
+                                               const unsigned char** vp) const {
+    int sl;
+    const int pg = table[page_of(key, &sl)];
+    if (pg < 0 || pg >= num_pages) return false;
+    *kp = k + static_cast<int64_t>(pg) * k_page + sl * k_row;
+    *vp = v + static_cast<int64_t>(pg) * v_page + sl * v_row;
+    return true;
+  }
+};
+
+// Any page size, any tile alignment: each lane looks up one key of a tile.
+struct PagedKv : PagedPool {
+  // Lane l < 16 looks up key key0 + l of a tile: its page id and in-page row.
+  int page = 0, slot = 0, key0 = 0, end = 0;
+  int next_page = 0, next_slot = 0, next_key0 = 0, next_end = 0;
+  bool one_page = false;    // the current tile lies in one page of the pool
+  const unsigned char* tile_k = nullptr;  // ... and its first row there
+  const unsigned char* tile_v = nullptr;
 
   // Issues the block-table load of lane (l & 15)'s key of the tile at key0_;
   // its result is first used by take() + row() one tile later, so the load's
@@ -189,11 +215,6 @@ struct PagedKv {
   __device__ __forceinline__ bool rows_from_base() const { return one_page; }
   // The current tile has all 16 keys.
   __device__ __forceinline__ bool tile_full() const { return key0 + kTileKeys <= end; }
-  // Bytes from one row of a one-page tile to the next.
-  template <int KV_BYTES>
-  __device__ __forceinline__ int64_t k_row_bytes(const fd_decode_params&) const { return k_row; }
-  template <int KV_BYTES>
-  __device__ __forceinline__ int64_t v_row_bytes(const fd_decode_params&) const { return v_row; }
   template <int KV_BYTES>
   __device__ __forceinline__ bool row_in_base(const fd_decode_params&, int r,
                                               const unsigned char** kp,
@@ -213,19 +234,55 @@ struct PagedKv {
     *vp = v + pgs * v_page + sl * v_row;
     return ok;
   }
-  // The pre-wait prefetch reads the block table before the previous grid has
-  // finished (it may still be writing it): a stale id only costs a wasted
-  // prefetch, and an id outside the pool is not prefetched.
+};
+
+// A pool whose every tile lies in one page: a power-of-two page size of at
+// least 16 keys and tiles that start at multiples of 16 (no window, chunks of
+// whole tiles). The host picks it (LaunchShape::whole_tiles) for the
+// vectorised kernels. A tile costs one block-table entry, loaded by every
+// lane from the same address one tile ahead, and one base per pool: no
+// per-lane ids, no shuffles, and no per-row path in the loop.
+struct PagedTilesKv : PagedPool {
+  int key0 = 0, end = 0;
+  int next_page = 0, next_key0 = 0, next_end = 0;
+  const unsigned char* tile_k = nullptr;  // the current tile's first row
+  const unsigned char* tile_v = nullptr;
+
+  __device__ __forceinline__ void fetch(int key0_, int end_, int) {
+    next_key0 = key0_;
+    next_end = end_;
+    next_page = table[key0_ >> page_shift];
+  }
+  // A page id outside the pool: the tile is taken as empty (its rows are
+  // zero-filled, nothing is read) and the CTA's rows become NaN.
+  __device__ __forceinline__ void take(int, int, int) {
+    key0 = next_key0;
+    end = next_end;
+    const bool in_pool = static_cast<unsigned>(next_page) < static_cast<unsigned>(num_pages);
+    if (!in_pool) {
+      bad = true;
+      end = key0;
+    }
+    const int64_t pg = in_pool ? next_page : 0;
+    const int slot = key0 & (page_size - 1);
+    tile_k = k + pg * k_page + slot * k_row;
+    tile_v = v + pg * v_page + slot * v_row;
+  }
+  static constexpr bool rows_from_base() { return true; }
+  __device__ __forceinline__ bool tile_full() const { return key0 + kTileKeys <= end; }
   template <int KV_BYTES>
-  __device__ __forceinline__ bool prefetch_row(const fd_decode_params&, int key,
-                                               const unsigned char** kp,
-                                               const unsigned char** vp) const {
-    int sl;
-    const int pg = table[page_of(key, &sl)];
-    if (pg < 0 || pg >= num_pages) return false;
-    *kp = k + static_cast<int64_t>(pg) * k_page + sl * k_row;
-    *vp = v + static_cast<int64_t>(pg) * v_page + sl * v_row;
-    return true;
+  __device__ __forceinline__ bool row_in_base(const fd_decode_params&, int r,
+                                              const unsigned char** kp,
+                                              const unsigned char** vp) const {
+    *kp = tile_k + r * k_row;
+    *vp = tile_v + r * v_row;
+    return key0 + r < end;
+  }
+  // The same rows for the copy paths that ask per row (compiled, never taken).
+  template <int KV_BYTES>
+  __device__ __forceinline__ bool row(const fd_decode_params& c, int r, const unsigned char** kp,
+                                      const unsigned char** vp) const {
+    return row_in_base<KV_BYTES>(c, r, kp, vp);
   }
 };
 

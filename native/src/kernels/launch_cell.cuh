@@ -7,6 +7,8 @@
 
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "../kernel_params.h"
 #include "../kernel_table.h"
 #include "decode_kernel.cuh"
@@ -21,21 +23,30 @@ struct Cell {
   using ElemTraits = KernelTraits<DPAD, Elem::kKvBytes, kWarpsPerCta, 1>;
   using WideTraits = KernelTraits<DPAD, Elem::kKvBytes, kWideWarpsPerCta, kStages>;
 
-  static constexpr auto kernel(bool vec) {
-    return vec ? &decode_kernel<Elem, DPAD, Source, true, kStages, kWarpsPerCta>
-               : &decode_kernel<Elem, DPAD, Source, false, 1, kWarpsPerCta>;
+  // A paged cell also carries its vectorised kernels for pools whose every
+  // tile lies in one page (PagedTilesKv; LaunchShape::whole_tiles): their
+  // loop has no per-row lookup path. Elsewhere Tiles is the source itself.
+  using Tiles = typename std::conditional<Source::kPaged, PagedTilesKv, Source>::type;
+
+  static constexpr auto kernel(bool vec, bool tiles = false) {
+    return !vec  ? &decode_kernel<Elem, DPAD, Source, false, 1, kWarpsPerCta>
+           : tiles ? &decode_kernel<Elem, DPAD, Tiles, true, kStages, kWarpsPerCta>
+                   : &decode_kernel<Elem, DPAD, Source, true, kStages, kWarpsPerCta>;
   }
-  static constexpr auto wide_kernel() {
-    return &decode_kernel<Elem, DPAD, Source, true, kStages, kWideWarpsPerCta>;
+  static constexpr auto wide_kernel(bool tiles = false) {
+    return tiles ? &decode_kernel<Elem, DPAD, Tiles, true, kStages, kWideWarpsPerCta>
+                 : &decode_kernel<Elem, DPAD, Source, true, kStages, kWideWarpsPerCta>;
   }
   // The vectorised kernels with the keys as the mma's M (kv_element_km.cuh),
   // for CTAs of at most kKeysAsMMaxHeads query heads; the same shared memory.
   using Km = typename KeysAsMOf<Elem>::type;
-  static constexpr auto kernel_km() {
-    return &decode_kernel<Km, DPAD, Source, true, kStages, kWarpsPerCta>;
+  static constexpr auto kernel_km(bool tiles = false) {
+    return tiles ? &decode_kernel<Km, DPAD, Tiles, true, kStages, kWarpsPerCta>
+                 : &decode_kernel<Km, DPAD, Source, true, kStages, kWarpsPerCta>;
   }
-  static constexpr auto wide_kernel_km() {
-    return &decode_kernel<Km, DPAD, Source, true, kStages, kWideWarpsPerCta>;
+  static constexpr auto wide_kernel_km(bool tiles = false) {
+    return tiles ? &decode_kernel<Km, DPAD, Tiles, true, kStages, kWideWarpsPerCta>
+                 : &decode_kernel<Km, DPAD, Source, true, kStages, kWideWarpsPerCta>;
   }
   static constexpr size_t smem_bytes(bool vec) {
     return vec ? VecTraits::kSmemBytes : ElemTraits::kSmemBytes;
@@ -63,6 +74,14 @@ struct Cell {
     cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
     if (e == cudaSuccess && vec)
       e = cudaFuncSetAttribute(kernel_km(), cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
+    if constexpr (Source::kPaged) {
+      if (e == cudaSuccess && vec)
+        e = cudaFuncSetAttribute(kernel(true, true), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 limit);
+      if (e == cudaSuccess && vec)
+        e = cudaFuncSetAttribute(kernel_km(true), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 limit);
+    }
     if (e != cudaSuccess) return e;
     out->smem_limit = limit;
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&out->ctas_per_sm, k, kWarpsPerCta * 32,
@@ -79,6 +98,12 @@ struct Cell {
                                static_cast<int>(wneed)) == cudaSuccess &&
           cudaFuncSetAttribute(wide_kernel_km(), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(wneed)) == cudaSuccess &&
+          (!Source::kPaged ||
+           (cudaFuncSetAttribute(wide_kernel(true), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(wneed)) == cudaSuccess &&
+            cudaFuncSetAttribute(wide_kernel_km(true),
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(wneed)) == cudaSuccess)) &&
           cudaOccupancyMaxActiveBlocksPerMultiprocessor(&out->wide_ctas_per_sm, w,
                                                         kWideWarpsPerCta * 32, wneed) == cudaSuccess;
       if (!fits) {
@@ -131,18 +156,19 @@ struct Cell {
     cudaError_t e = cudaSuccess;
     bool launched = false;
     const bool km = s.vec && s.keys_as_m && a.launch.group_size <= kKeysAsMMaxHeads;
+    const bool tiles = Source::kPaged && s.vec && s.whole_tiles;
     if constexpr (WIDE) {
       if (s.vec && s.wide) {
         cfg.blockDim = dim3(kWideWarpsPerCta * 32);
         cfg.dynamicSmemBytes = WideTraits::kSmemBytes;
-        e = cudaLaunchKernelEx(&cfg, km ? wide_kernel_km() : wide_kernel(), a);
+        e = cudaLaunchKernelEx(&cfg, km ? wide_kernel_km(tiles) : wide_kernel(tiles), a);
         launched = true;
       }
     }
     if (!launched) {
       cfg.blockDim = dim3(kWarpsPerCta * 32);
       cfg.dynamicSmemBytes = launch_smem(s.vec, s.pad_smem_bytes, s.smem_limit);
-      e = cudaLaunchKernelEx(&cfg, km ? kernel_km() : kernel(s.vec), a);
+      e = cudaLaunchKernelEx(&cfg, km ? kernel_km(tiles) : kernel(s.vec, tiles), a);
     }
     if (e != cudaSuccess || !a.launch.write_partials) return e;
     if constexpr (Elem::kFp8) {
