@@ -12,7 +12,9 @@ library (whose fd_decode_params ends before the 0.2 fields) runs them too: the
 params are passed with the struct_size that library was built with. fp8 cases
 (e4m3 and e5m2 caches, f16 and bf16 queries, odd head_dims, strided queries,
 per-tensor and per-head scales) run where both libraries take them (an older one
-refuses them and they are left out, as `--no-fp8` leaves them out)."""
+refuses them and they are left out, as `--no-fp8` leaves them out). Paged cases
+(pages of 1 to 256 keys, NHD and HND pools, shuffled and shared page ids) need a
+0.2 library."""
 from __future__ import annotations
 
 import itertools
@@ -38,6 +40,17 @@ def cases(fp8=True):
             dict(bi=1), dict(seq_lens=1, window=257, sinks=1, alibi=1, cap=20.0, bi=1)]
     for ext, (B, Hq, Hkv, K, D) in itertools.product(exts, [(3, 32, 8, 9000, 128), (2, 8, 8, 700, 80)]):
         out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype="bf16", strided=False, ext=ext))
+    # Page pools (shuffled page ids, one page shared by two sequences), NHD and
+    # HND, the page sizes of both lookup paths; some with per-sequence lengths,
+    # some with fp8 pools.
+    for i, (P, layout, (B, Hq, Hkv, K, D)) in enumerate(itertools.product(
+            [1, 16, 17, 32, 64, 256], ["NHD", "HND"],
+            [(3, 32, 8, 4096, 128), (2, 32, 2, 1500, 256), (4, 8, 8, 700, 64)])):
+        ext = dict(page=P, layout=layout, seq_lens=i % 2)
+        if fp8 and i % 3 == 0:
+            ext.update(kv=("e4m3", "e5m2")[i % 2], per_head=i % 4 == 0)
+        out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype=("bf16", "f16")[i % 5 == 0],
+                        strided=False, ext=ext))
     if fp8:
         for i, (B, (Hq, Hkv), K, D, dtype, strided) in enumerate(itertools.product(
                 [1, 3], [(1, 1), (8, 8), (32, 8), (28, 4), (32, 2), (8, 1)], [257, 4096],
@@ -71,7 +84,19 @@ def run_cases(out_dir: str, with_fp8: bool) -> None:
             x = torch.randn(*shape, generator=g, device="cuda")
             return (x * 2).to(kv_dt) if kv_code is not None else x.to(tdt)
 
-        if c["strided"]:
+        page = e.get("page", 0)
+        if page:
+            # Pools of shuffled pages; sequence 0's first page is also sequence 1's.
+            max_pages = -(-K // page)
+            num_pages = B * max_pages + 2
+            pool = (num_pages, page, Hkv, D) if e["layout"] == "NHD" else (num_pages, Hkv, page, D)
+            q, k, v = rnd(B, Hq, D), rnd_kv(*pool), rnd_kv(*pool)
+            table = torch.randperm(num_pages, generator=g, device="cuda")[:B * max_pages]
+            table = table.to(torch.int32).reshape(B, max_pages).contiguous()
+            if B > 1:
+                table[1, 0] = table[0, 0]
+            y = torch.full((B, Hq, D), float("nan"), device="cuda", dtype=tdt)
+        elif c["strided"]:
             q = rnd(B, Hq, D + 3)[:, :, :D]
             k = rnd_kv(B, K, Hkv, D).permute(0, 2, 1, 3)
             v = rnd_kv(B, Hkv, K + 5, D + 8)[:, :, 2:K + 2, :D]
@@ -89,15 +114,25 @@ def run_cases(out_dir: str, with_fp8: bool) -> None:
                          y_stride_b=y.stride(0), y_stride_h=y.stride(1),
                          lse=lse.data_ptr(), lse_stride_b=Hq, lse_stride_h=1)
         keep = []
-        if kv_code is None:
-            p.struct_size = SIZE_0_1
-        else:
+        if page:
+            s_page, s_h, s_k = (k.stride(0), k.stride(2), k.stride(1)) if e["layout"] == "NHD" \
+                else (k.stride(0), k.stride(1), k.stride(2))
+            p.k_stride_b = p.v_stride_b = 0
+            p.k_stride_page = p.v_stride_page = s_page
+            p.k_stride_h = p.v_stride_h = s_h
+            p.k_stride_k = p.v_stride_k = s_k
+            p.block_table, p.block_table_stride_b = table.data_ptr(), table.stride(0)
+            p.page_size, p.max_pages, p.num_pages = page, table.shape[1], k.shape[0]
+            keep.append(table)
+        if kv_code is not None:
             p.kv_dtype = kv_code
             if e["per_head"]:
                 keep += [torch.rand(Hkv, generator=g, device="cuda") + 0.25 for _ in range(2)]
-                p.k_scales, p.v_scales = keep[0].data_ptr(), keep[1].data_ptr()
+                p.k_scales, p.v_scales = keep[-2].data_ptr(), keep[-1].data_ptr()
             else:
                 p.k_scale, p.v_scale = 0.37, 1.9
+        elif not page:
+            p.struct_size = SIZE_0_1  # runs on a 0.1 library too
         if e.get("sinks"):
             keep.append(torch.randn(Hq, generator=g, device="cuda"))
             p.sinks = keep[-1].data_ptr()
