@@ -60,8 +60,13 @@ __global__ void __launch_bounds__(WARPS * 32) decode_kernel(const DecodeArgs a) 
   const int num_splits = ptx::pin(lp.num_splits), num_heads = ptx::pin(c.num_heads);
   float* partial_o = ptx::pin(lp.partial_o);
   float* partial_lse = ptx::pin(lp.partial_lse);
-  if constexpr (VEC)
+  if constexpr (VEC) {
+    // The chunk's keys bound what the CTA will look up (chunk0 < k_len, or
+    // k_len = 0 and nothing to look up).
+    const int chunk0 = split * chunk_len;
+    if (threadIdx.x == 0) src.prefetch_table(chunk0, chunk0 + min(chunk_len, k_len - chunk0));
     prefetch_first_rows<Tr>(c, lp, src, split, chunk_len, seq_lens != nullptr);
+  }
   // Inputs may be produced by the previous kernel in the stream (PDL); the
   // merge may be scheduled as soon as every CTA of this grid is running.
   ptx::grid_dependency_wait();

@@ -54,6 +54,7 @@ struct ContiguousKv {
 
   // Nothing to look up ahead: a row's address is arithmetic.
   __device__ __forceinline__ void fetch(int, int, int) {}
+  __device__ __forceinline__ void prefetch_table(int, int) const {}
   __device__ __forceinline__ void take(int key0_, int end_, int) {
     key0 = key0_;
     end = end_;
@@ -172,6 +173,7 @@ struct PagedPool {
 
 // Any page size, any tile alignment: each lane looks up one key of a tile.
 struct PagedKv : PagedPool {
+  __device__ __forceinline__ void prefetch_table(int, int) const {}
   // Lane l < 16 looks up key key0 + l of a tile: its page id and in-page row.
   int page = 0, slot = 0, key0 = 0, end = 0;
   int next_page = 0, next_slot = 0, next_key0 = 0, next_end = 0;
@@ -252,6 +254,19 @@ struct PagedTilesKv : PagedPool {
     next_key0 = key0_;
     next_end = end_;
     next_page = table[key0_ >> page_shift];
+  }
+  // L2 prefetch of the block-table entries of keys [key_begin, key_end) (a
+  // CTA's chunk, before the PDL wait: L2 is the point of coherence, so entries
+  // the previous grid is still writing cost only a wasted prefetch). The warps
+  // step through a table line together, and without it each line's first
+  // lookup waits on HBM. Only the 16-byte-aligned interior is prefetched, so
+  // the request stays inside the table the caller described.
+  __device__ __forceinline__ void prefetch_table(int key_begin, int key_end) const {
+    if (key_end <= key_begin) return;
+    const uintptr_t first = reinterpret_cast<uintptr_t>(table + (key_begin >> page_shift));
+    const uintptr_t last = reinterpret_cast<uintptr_t>(table + ((key_end - 1) >> page_shift) + 1);
+    const uintptr_t a = (first + 15) & ~uintptr_t{15}, b = last & ~uintptr_t{15};
+    if (b > a) ptx::prefetch_l2(reinterpret_cast<const void*>(a), static_cast<uint32_t>(b - a));
   }
   // A page id outside the pool: the tile is taken as empty (its rows are
   // zero-filled, nothing is read) and the CTA's rows become NaN.
