@@ -13,6 +13,12 @@ struct CellFacts {
   int ctas_per_sm = 0;       // of its 4-warp kernel; 0: cannot run here
   int wide_ctas_per_sm = 0;  // of its 8-warp kernel (wide cells only); 0: cannot run
   int smem_limit = 0;        // dynamic shared memory a launch may pad up to
+  // The cell's keys-as-M kernels on a contiguous cache or whole-tile pages
+  // take their tiles in pairs from a deeper ring (fp8 D = 128), so their
+  // occupancy is their own: the planner uses it for the problems they run.
+  bool km_pairs = false;
+  int pair_ctas_per_sm = 0;       // of the 4-warp paired kernel; 0: cannot run
+  int wide_pair_ctas_per_sm = 0;  // of the 8-warp one (wide cells only)
 };
 
 // How one launch is shaped (host side only; the kernels read DecodeArgs).

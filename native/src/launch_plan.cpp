@@ -124,6 +124,23 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
     return fail(FD_STATUS_UNSUPPORTED, "the decode kernel %s cannot run on device %d (sm_%d)",
                 cell.name, d.dev.device, d.dev.cc);
 
+  // fp8 D = 128: the keys-as-M kernels on a contiguous cache or whole-tile
+  // pages take their tiles in pairs from a deeper ring, and the plan is made
+  // with their occupancy (CellFacts::km_pairs); where they cannot run, the
+  // heads-as-M kernels do. Chunks are multiples of kMinChunk keys, so the
+  // whole-tile test does not wait for the split.
+  const bool fp8_cell = cell.kv_dtype == FD_DTYPE_FP8_E4M3 || cell.kv_dtype == FD_DTYPE_FP8_E5M2;
+  const bool km_fits = d.vec && p.c.num_heads / p.c.num_kv_heads <= kKeysAsMMaxHeads;
+  bool km_allowed = true;
+  if (d.dev.cell.km_pairs && km_fits && tune.keys_as_m != 0 &&
+      (!is_paged(p) || whole_tile_pages(p, kMinChunk))) {
+    if (d.dev.cell.pair_ctas_per_sm > 0) {
+      d.dev.cell.ctas_per_sm = d.dev.cell.pair_ctas_per_sm;
+      d.dev.cell.wide_ctas_per_sm = d.dev.cell.wide_pair_ctas_per_sm;
+    } else {
+      km_allowed = false;
+    }
+  }
   d.split = choose_splits(p, d.dev.num_sms, d.dev.cell.ctas_per_sm);
   if (tune.splits > 0 && p.c.k_len > 0 && !batch_invariant(p))
     d.split = split_into(p, tune.splits < max_splits(p) ? tune.splits : max_splits(p));
@@ -158,10 +175,9 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   // K = 512 to 32k; 8/1 B = 8): its transposes lengthen a per-tile chain that
   // no other CTA hides. Batch-invariant mode takes it whatever the split, so
   // that the kernel depends on neither the batch nor the cache length.
-  const bool fp8_cell = cell.kv_dtype == FD_DTYPE_FP8_E4M3 || cell.kv_dtype == FD_DTYPE_FP8_E5M2;
-  const bool km_fits = d.vec && p.c.num_heads / p.c.num_kv_heads <= kKeysAsMMaxHeads;
-  d.keys_as_m = km_fits && (tune.keys_as_m >= 0 ? tune.keys_as_m != 0
-                                                : fp8_cell || s == 1 || batch_invariant(p));
+  d.keys_as_m = km_fits && km_allowed &&
+                (tune.keys_as_m >= 0 ? tune.keys_as_m != 0
+                                     : fp8_cell || s == 1 || batch_invariant(p));
   // The merge releases the next grid before its wait, so that grid's CTAs
   // start (and prefetch) as this call's CTAs leave, not after the merge: 1-6%
   // on split rows (H100, docs/RESULTS.md). A split grid of at most one CTA

@@ -88,6 +88,10 @@ CASES = [
     Case("fp8_e4m3_group12", 2, 24, 2, 1500, 100, kv="e4m3", scales="tensor"),
     Case("fp8_e5m2_group16_d256", 2, 32, 2, 900, 256, dtype=torch.float16, kv="e5m2",
          scales="head"),
+    # One wave of unsplit D = 128 CTAs: the 8-warp paired kernel; 250 tiles give
+    # the warps 31 or 32 each (an odd last tile) and the last tile 6 keys.
+    Case("fp8_e5m2_pairs_8_warps", 16, 32, 8, 3990, 128, kv="e5m2", scales="tensor",
+         soft_cap=30.0, warps=8, split=False),
     Case("fp8_e4m3_paged", 3, 16, 4, 1500, 128, layout="paged-nhd", page=16, kv="e4m3",
          scales="head", lens=ragged(3, 1500)),
     Case("fp8_e5m2_paged", 3, 8, 2, 700, 64, layout="paged-hnd", page=17, kv="e5m2",

@@ -58,6 +58,7 @@ struct Identity {
   static constexpr int kKvBytes = 2;
   static constexpr bool kFp8 = false;
   static constexpr bool kKeysAsM = false;  // heads as M (kv_element_km.cuh: keys)
+  static constexpr bool kPairTiles = false;  // one tile per softmax step (mainloop.cuh)
   template <int DPAD>
   static constexpr int acc_tiles() {  // 8-column output tiles per thread
     return DPAD / 8;
@@ -208,6 +209,7 @@ struct Fp8 {
   static constexpr int kKvBytes = 1;
   static constexpr bool kFp8 = true;
   static constexpr bool kKeysAsM = false;
+  static constexpr bool kPairTiles = false;
   template <int DPAD>
   static constexpr int acc_tiles() {
     return DPAD / 8;

@@ -119,6 +119,10 @@ struct IdentityKm : Identity<T> {
 template <bool E5M2>
 struct Fp8Km : Fp8<E5M2> {
   static constexpr bool kKeysAsM = true;
+  // Two tiles per softmax step (mainloop.cuh) where the cell gives the kernel
+  // a ring of kPairStages (launch_cell.cuh): two independent mma chains, and
+  // one max, rescale and sum per 32 keys instead of 16.
+  static constexpr bool kPairTiles = true;
   using Base = Fp8<E5M2>;
   using State = typename Base::State;
   using Mma = ptx::Mma<__half>;

@@ -38,25 +38,41 @@ struct Cell {
                  : &decode_kernel<Elem, DPAD, Source, true, kStages, kWideWarpsPerCta>;
   }
   // The vectorised kernels with the keys as the mma's M (kv_element_km.cuh),
-  // for CTAs of at most kKeysAsMMaxHeads query heads; the same shared memory.
+  // for CTAs of at most kKeysAsMMaxHeads query heads. The fp8 D = 128 ones on
+  // a contiguous cache or whole-tile pages take their tiles in pairs from a
+  // ring of kPairStages (H200, docs/RESULTS.md: ragged fp8 batches 6-12%
+  // faster, uniform ones 0.4-0.9%); the per-key paged ones, and the cell's
+  // heads-as-M kernels, keep the shallower ring, which fits three 4-warp CTAs
+  // per SM (with six stages, page 1 and groups of 16 lost 3-7%).
   using Km = typename KeysAsMOf<Elem>::type;
+  static constexpr bool kPairs = Km::kPairTiles && DPAD == 128;
+  static constexpr int kPairRing = kPairs ? kPairStages : kStages;
+  using PairTraits = KernelTraits<DPAD, Elem::kKvBytes, kWarpsPerCta, kPairRing>;
+  using WidePairTraits = KernelTraits<DPAD, Elem::kKvBytes, kWideWarpsPerCta, kPairRing>;
+  // Whether the keys-as-M kernel of this source (whole tiles or not) is paired.
+  static constexpr bool km_paired(bool tiles) { return kPairs && (!Source::kPaged || tiles); }
   static constexpr auto kernel_km(bool tiles = false) {
-    return tiles ? &decode_kernel<Km, DPAD, Tiles, true, kStages, kWarpsPerCta>
-                 : &decode_kernel<Km, DPAD, Source, true, kStages, kWarpsPerCta>;
+    if constexpr (Source::kPaged)
+      return tiles ? &decode_kernel<Km, DPAD, Tiles, true, kPairRing, kWarpsPerCta>
+                   : &decode_kernel<Km, DPAD, Source, true, kStages, kWarpsPerCta>;
+    else
+      return &decode_kernel<Km, DPAD, Source, true, kPairRing, kWarpsPerCta>;
   }
   static constexpr auto wide_kernel_km(bool tiles = false) {
-    return tiles ? &decode_kernel<Km, DPAD, Tiles, true, kStages, kWideWarpsPerCta>
-                 : &decode_kernel<Km, DPAD, Source, true, kStages, kWideWarpsPerCta>;
+    if constexpr (Source::kPaged)
+      return tiles ? &decode_kernel<Km, DPAD, Tiles, true, kPairRing, kWideWarpsPerCta>
+                   : &decode_kernel<Km, DPAD, Source, true, kStages, kWideWarpsPerCta>;
+    else
+      return &decode_kernel<Km, DPAD, Source, true, kPairRing, kWideWarpsPerCta>;
   }
   static constexpr size_t smem_bytes(bool vec) {
     return vec ? VecTraits::kSmemBytes : ElemTraits::kSmemBytes;
   }
 
   // Dynamic shared memory of a launch padded to `pad_bytes` (so that fewer CTAs
-  // share an SM), never below what the kernel needs nor above what prepare()
-  // raised the limit to.
-  static size_t launch_smem(bool vec, int pad_bytes, int limit) {
-    const size_t base = smem_bytes(vec);
+  // share an SM), never below what the kernel needs (`base`) nor above what
+  // prepare() raised the limit to.
+  static size_t launch_smem(size_t base, int pad_bytes, int limit) {
     const size_t pad = pad_bytes > 0 ? static_cast<size_t>(pad_bytes) : 0;
     return pad > base && pad <= static_cast<size_t>(limit) ? pad : base;
   }
@@ -72,13 +88,13 @@ struct Cell {
     const int room = pad_limit < smem_optin ? pad_limit : smem_optin;
     const int limit = need > static_cast<size_t>(room) ? static_cast<int>(need) : room;
     cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
-    if (e == cudaSuccess && vec)
+    if (e == cudaSuccess && vec && !km_paired(false))
       e = cudaFuncSetAttribute(kernel_km(), cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
     if constexpr (Source::kPaged) {
       if (e == cudaSuccess && vec)
         e = cudaFuncSetAttribute(kernel(true, true), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  limit);
-      if (e == cudaSuccess && vec)
+      if (e == cudaSuccess && vec && !km_paired(true))
         e = cudaFuncSetAttribute(kernel_km(true), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  limit);
     }
@@ -87,6 +103,26 @@ struct Cell {
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&out->ctas_per_sm, k, kWarpsPerCta * 32,
                                                       need);
     if (e != cudaSuccess) return e;
+    if constexpr (kPairs) {
+      // The paired kernels' own limit: their ring, or the padding limit if
+      // larger; a GPU too small for them reports 0 and runs the heads-as-M
+      // kernels instead (the planner's rule).
+      if (vec) {
+        out->km_pairs = true;
+        const size_t pneed = PairTraits::kSmemBytes;
+        const int plimit = pneed > static_cast<size_t>(limit) ? static_cast<int>(pneed) : limit;
+        const bool fits =
+            pneed <= static_cast<size_t>(smem_optin) &&
+            cudaFuncSetAttribute(kernel_km(true), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 plimit) == cudaSuccess &&
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                &out->pair_ctas_per_sm, kernel_km(true), kWarpsPerCta * 32, pneed) == cudaSuccess;
+        if (!fits) {
+          (void)cudaGetLastError();
+          out->pair_ctas_per_sm = 0;
+        }
+      }
+    }
     if constexpr (WIDE) {
       if (!vec) return cudaSuccess;
       // A GPU with too little shared memory for it simply never runs it.
@@ -109,6 +145,22 @@ struct Cell {
       if (!fits) {
         (void)cudaGetLastError();
         out->wide_ctas_per_sm = 0;
+      }
+      if constexpr (kPairs) {
+        // The 8-warp paired kernel (a ring of kPairStages).
+        const size_t pneed = WidePairTraits::kSmemBytes;
+        const bool pfits =
+            pneed <= static_cast<size_t>(smem_optin) &&
+            cudaFuncSetAttribute(wide_kernel_km(true), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(pneed)) == cudaSuccess &&
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&out->wide_pair_ctas_per_sm,
+                                                          wide_kernel_km(true),
+                                                          kWideWarpsPerCta * 32,
+                                                          pneed) == cudaSuccess;
+        if (!pfits) {
+          (void)cudaGetLastError();
+          out->wide_pair_ctas_per_sm = 0;
+        }
       }
     }
     return cudaSuccess;
@@ -160,14 +212,16 @@ struct Cell {
     if constexpr (WIDE) {
       if (s.vec && s.wide) {
         cfg.blockDim = dim3(kWideWarpsPerCta * 32);
-        cfg.dynamicSmemBytes = WideTraits::kSmemBytes;
+        cfg.dynamicSmemBytes =
+            km && km_paired(tiles) ? WidePairTraits::kSmemBytes : WideTraits::kSmemBytes;
         e = cudaLaunchKernelEx(&cfg, km ? wide_kernel_km(tiles) : wide_kernel(tiles), a);
         launched = true;
       }
     }
     if (!launched) {
       cfg.blockDim = dim3(kWarpsPerCta * 32);
-      cfg.dynamicSmemBytes = launch_smem(s.vec, s.pad_smem_bytes, s.smem_limit);
+      const size_t base = km && km_paired(tiles) ? PairTraits::kSmemBytes : smem_bytes(s.vec);
+      cfg.dynamicSmemBytes = launch_smem(base, s.pad_smem_bytes, s.smem_limit);
       e = cudaLaunchKernelEx(&cfg, km ? kernel_km(tiles) : kernel(s.vec, tiles), a);
     }
     if (e != cudaSuccess || !a.launch.write_partials) return e;

@@ -3,7 +3,8 @@
 // in shared memory, computes S = Q K^T and O += P V on the tensor cores, and
 // keeps an online softmax state per query row. The query rows of the CTA (up to
 // 16 heads of one KV head's group) are the 16 rows of the mma's A, so each K/V
-// element is read from HBM once for the whole group.
+// element is read from HBM once for the whole group. Element parts with
+// kPairTiles, given a ring of kPairStages, take two tiles per softmax step.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -150,6 +151,41 @@ __device__ __forceinline__ void online_softmax(float (&s)[2][4], RowState<NT>& r
   }
 }
 
+// Online softmax over two tiles' scores at once, keys as M (sa, sb: s[0] of
+// each): one max, one rescale of the state and one sum per 32 keys.
+template <int NT>
+__device__ __forceinline__ void online_softmax_km_pair(float (&sa)[2][4], float (&sb)[2][4],
+                                                       RowState<NT>& rs) {
+  float mx[2] = {fmaxf(fmaxf(sa[0][0], sa[0][2]), fmaxf(sb[0][0], sb[0][2])),
+                 fmaxf(fmaxf(sa[0][1], sa[0][3]), fmaxf(sb[0][1], sb[0][3]))};
+  float alpha[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
+    const float m_new = fmaxf(rs.m[r], mx[r]);
+    const float base = m_new == -INFINITY ? 0.f : m_new;
+    alpha[r] = ptx::exp2_ftz(rs.m[r] - base);
+    rs.m[r] = m_new;
+    mx[r] = base;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    sa[0][e] = ptx::exp2_ftz(sa[0][e] - mx[e & 1]);
+    sb[0][e] = ptx::exp2_ftz(sb[0][e] - mx[e & 1]);
+  }
+  rs.l[0] = rs.l[0] * alpha[0] + ((sa[0][0] + sa[0][2]) + (sb[0][0] + sb[0][2]));
+  rs.l[1] = rs.l[1] * alpha[1] + ((sa[0][1] + sa[0][3]) + (sb[0][1] + sb[0][3]));
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    rs.o[n][0] *= alpha[0];
+    rs.o[n][1] *= alpha[1];
+    rs.o[n][2] *= alpha[0];
+    rs.o[n][3] *= alpha[1];
+  }
+}
+
 // Streams this warp's tiles of `span` and returns its softmax state.
 // VEC: 16-byte cp.async ring of STAGES slots; otherwise one slot, element loads.
 template <class Elem, class Tr, bool VEC, class Source>
@@ -201,10 +237,14 @@ __device__ __forceinline__ void run_mainloop(RowState<Elem::template acc_tiles<T
     fetch(j + 1);
   };
 
+  // Kernels that take tiles in pairs (Elem::kPairTiles with a ring of
+  // kPairStages) load STAGES - 2 tiles ahead; the others STAGES - 1.
+  constexpr bool kPairs = VEC && Elem::kPairTiles && STAGES >= kPairStages;
+  constexpr int kAhead = kPairs ? STAGES - 2 : STAGES - 1;
   fetch(0);
   if constexpr (VEC) {
 #pragma unroll
-    for (int j = 0; j < STAGES - 1; ++j) {
+    for (int j = 0; j < kAhead; ++j) {
       if (j < my_tiles) load(j);
       ptx::cp_async_commit();
     }
@@ -227,8 +267,45 @@ __device__ __forceinline__ void run_mainloop(RowState<Elem::template acc_tiles<T
     Elem::template q_elements<KSTEPS>(qf, c, cr.b, cr.hq0, cr.nh, cr.gid, cr.tid);
   }
 
-  for (int j = 0; j < my_tiles; ++j) {
-    if constexpr (VEC) {
+  int j0 = 0;  // the first tile the one-tile loop below takes
+  if constexpr (kPairs) {
+    // Tiles j and j + 1 from slots j % STAGES and (j + 1) % STAGES. Before
+    // the wait the tiles up to j + STAGES - 3 are committed, one group each:
+    // at most STAGES - 4 may still be in flight. The slots of tiles j - 2 and
+    // j - 1 (the previous pair) are then free for tiles j + STAGES - 2 and
+    // j + STAGES - 1; the second is loaded after the first tile's scores, so a
+    // paged source's lookup of it (fetched by the first load) has a tile's
+    // mma to land.
+    for (; j0 + 1 < my_tiles; j0 += 2) {
+      const int j = j0;
+      ptx::cp_async_wait<STAGES - 4>();
+      __syncwarp();
+      if (j + STAGES - 2 < my_tiles) load(j + STAGES - 2);
+      ptx::cp_async_commit();
+      const unsigned char* ska = ring + (j % STAGES) * Tile::kStageBytes;
+      const unsigned char* skb = ring + ((j + 1) % STAGES) * Tile::kStageBytes;
+      const int ta = tile_of(j), tb = tile_of(j + 1);
+      float sa[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      float sb[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      Elem::template qk<Tr, KSTEPS>(sa, qf, ska, lane);
+      if (j + STAGES - 1 < my_tiles) load(j + STAGES - 1);
+      ptx::cp_async_commit();
+      Elem::template qk<Tr, KSTEPS>(sb, qf, skb, lane);
+      tile_scores<Elem>(sa, st, c, lp, logit_mods, cr, span.key0(ta), span.end(ta));
+      tile_scores<Elem>(sb, st, c, lp, logit_mods, cr, span.key0(tb), span.end(tb));
+      online_softmax_km_pair<NT>(sa, sb, rs);
+      Elem::template pv<Tr, NT>(rs.o, sa, ska + Tile::kTileBytes, lane);
+      Elem::template pv<Tr, NT>(rs.o, sb, skb + Tile::kTileBytes, lane);
+    }
+    // An odd last tile: every group but empty ones has landed once it is in.
+    if (j0 < my_tiles) ptx::cp_async_wait<0>();
+  }
+
+  for (int j = j0; j < my_tiles; ++j) {
+    if constexpr (kPairs) {
+      // Only the odd last tile of a pair loop comes here: it is in (above).
+      __syncwarp();
+    } else if constexpr (VEC) {
       ptx::cp_async_wait<STAGES - 2>();
       __syncwarp();
       // Refill the slot every lane finished reading in the previous step.

@@ -70,4 +70,8 @@ constexpr int vec_stages() {
   return (DPAD <= 128 ? 3 : 2) + (KV_BYTES == 1 ? 1 : 0);
 }
 
+// The ring of kernels that take their tiles in pairs (Elem::kPairTiles,
+// mainloop.cuh): two tiles being read, two landing, two being loaded.
+constexpr int kPairStages = 6;
+
 }  // namespace fd
