@@ -30,12 +30,16 @@ namespace fd {
     out->ctas_per_sm = vec ? fdfuzz::g_device.ctas_per_sm : fdfuzz::g_device.elem_ctas_per_sm; \
     out->wide_ctas_per_sm = (WIDE) && vec ? fdfuzz::g_device.wide_ctas_per_sm : 0;          \
     out->smem_limit = pad_limit;                                                            \
-    /* The paired keys-as-M kernels (fp8 D = 128) report the plain kernels' occupancy, so  \
-       the fuzzer's checks against g_device hold on either path. */                         \
+    /* The paired keys-as-M kernels (fp8 D = 128): unless a fixed case sets their own     \
+       occupancy, the plain kernels', so the fuzzer's checks hold on either path. */        \
     out->km_pairs = vec && ((KVDT) == FD_DTYPE_FP8_E4M3 || (KVDT) == FD_DTYPE_FP8_E5M2) &&  \
                     (DPAD) == 128;                                                          \
-    out->pair_ctas_per_sm = out->km_pairs ? out->ctas_per_sm : 0;                           \
-    out->wide_pair_ctas_per_sm = out->km_pairs ? out->wide_ctas_per_sm : 0;                 \
+    const fdfuzz::FakeDevice& g = fdfuzz::g_device;                                         \
+    out->pair_ctas_per_sm =                                                                 \
+        !out->km_pairs ? 0 : g.pair_ctas_per_sm >= 0 ? g.pair_ctas_per_sm : out->ctas_per_sm; \
+    out->wide_pair_ctas_per_sm = !out->km_pairs         ? 0                                 \
+                                 : g.wide_pair_ctas_per_sm >= 0 ? g.wide_pair_ctas_per_sm   \
+                                                                : out->wide_ctas_per_sm;    \
     return 0; /* cudaSuccess */                                                             \
   }                                                                                         \
   int launch_##TAG(const DecodeArgs& a, const LaunchShape& s, void* stream) {               \

@@ -23,6 +23,10 @@ struct FakeDevice {
   int ctas_per_sm = 1;       // what a cell's prepare reports (0: the kernel cannot run)
   int wide_ctas_per_sm = 1;  // ... for the wide split kernel (0: cannot run)
   int elem_ctas_per_sm = 4;  // ... for the element-load kernel
+  // ... for the paired keys-as-M kernels of the fp8 D = 128 cells
+  // (CellFacts::km_pairs); -1: as the plain 4-warp / 8-warp kernels.
+  int pair_ctas_per_sm = -1;
+  int wide_pair_ctas_per_sm = -1;
 };
 extern FakeDevice g_device;
 

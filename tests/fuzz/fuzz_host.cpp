@@ -685,6 +685,79 @@ void check_whole_tile_pages() {
   }
 }
 
+// The paired fp8 D = 128 keys-as-M kernels have a ring and an occupancy of
+// their own (CellFacts::km_pairs): a plan for a problem one of them runs (a
+// contiguous cache, whole-tile pages) is made with it; per-key pages, other
+// buckets, 16-bit caches and groups over 8 keep the plain facts; where the
+// paired kernel cannot run, the heads-as-M kernels do. On this fake device 3
+// plain and 1 paired 4-warp CTAs fit per SM.
+void check_paired_fp8_facts() {
+  constexpr int32_t E4M3 = FD_DTYPE_FP8_E4M3, E5M2 = FD_DTYPE_FP8_E5M2;
+  struct Case {
+    const char* what;
+    int hq, hkv, d;
+    int32_t kv;  // 0: the q type
+    int page, window, pair_fit;
+    int fit;  // the CTAs per SM the plan must be made with
+    bool keys_as_m;
+  } cases[] = {
+      {"e4m3 contiguous", 32, 8, 128, E4M3, 0, 0, 1, 1, true},
+      {"e5m2 contiguous", 32, 8, 128, E5M2, 0, 0, 1, 1, true},
+      {"e4m3 page 16", 32, 8, 128, E4M3, 16, 0, 1, 1, true},
+      {"e4m3 page 64", 32, 8, 128, E4M3, 64, 0, 1, 1, true},
+      {"e4m3 page 17 (per-key)", 32, 8, 128, E4M3, 17, 0, 1, 3, true},
+      {"e4m3 page 16, window (per-key)", 32, 8, 128, E4M3, 16, 128, 1, 3, true},
+      {"e4m3 D64", 16, 16, 64, E4M3, 0, 0, 1, 3, true},
+      {"e4m3 group 16", 64, 4, 128, E4M3, 0, 0, 1, 3, false},
+      {"bf16", 32, 8, 128, 0, 0, 0, 1, 3, false},
+      {"e4m3, paired kernel cannot run", 32, 8, 128, E4M3, 0, 0, 0, 3, false},
+  };
+  const uint64_t table = (uint64_t{1} << 40) + 5 * (uint64_t{1} << 36);
+  for (const Case& c : cases) {
+    const int b = 1, k_len = 32768;
+    fd_decode_params q = measured_params(b, c.hq, c.hkv, k_len, c.d);
+    if (c.kv != 0) {
+      q.dtype = FD_DTYPE_BF16;
+      q.kv_dtype = c.kv;
+    }
+    if (c.page > 0) {
+      const int max_pages = (k_len + c.page - 1) / c.page;
+      q.block_table = reinterpret_cast<const int32_t*>(table);
+      q.block_table_stride_b = max_pages;
+      q.page_size = c.page;
+      q.max_pages = max_pages;
+      q.num_pages = b * max_pages;
+      q.k_stride_b = q.v_stride_b = 0;
+      q.k_stride_page = q.v_stride_page = int64_t{c.page} * c.hkv * c.d;  // NHD pages
+      q.k_stride_h = q.v_stride_h = c.d;
+      q.k_stride_k = q.v_stride_k = int64_t{c.hkv} * c.d;
+      q.window_size = c.window;
+    }
+    const fdfuzz::FakeDevice saved = fdfuzz::g_device;
+    fdfuzz::g_device = fdfuzz::FakeDevice{};
+    fdfuzz::g_device.ctas_per_sm = 3;
+    fdfuzz::g_device.pair_ctas_per_sm = c.pair_fit;
+    fdfuzz::g_device.wide_pair_ctas_per_sm = c.pair_fit;
+    fd::Problem p;
+    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "%s: %s", c.what,
+               fd_last_error_message());
+    fd::LaunchDecision dec;
+    FUZZ_CHECK(fd::decide_launch(p, true, &dec) == FD_STATUS_SUCCESS, "%s: %s", c.what,
+               fd_last_error_message());
+    fdfuzz::g_device = saved;
+    const fd::LaunchShape s = fd::make_launch_shape(p, dec);
+    FUZZ_CHECK(dec.dev.cell.ctas_per_sm == c.fit && dec.keys_as_m == c.keys_as_m &&
+                   s.keys_as_m == c.keys_as_m,
+               "%s (%d splits): planned with %d CTAs per SM, keys-as-M %d; expected %d, %d",
+               c.what, dec.split.num_splits, dec.dev.cell.ctas_per_sm, int(dec.keys_as_m), c.fit,
+               int(c.keys_as_m));
+    const fd::SplitChoice want = fd::choose_splits(p, dec.dev.num_sms, c.fit);
+    FUZZ_CHECK(dec.split.num_splits == want.num_splits && dec.split.chunk_len == want.chunk_len,
+               "%s: %d splits of %d keys, expected %d of %d", c.what, dec.split.num_splits,
+               dec.split.chunk_len, want.num_splits, want.chunk_len);
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -692,6 +765,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   check_measured_splits();
   check_measured_keys_as_m();
   check_whole_tile_pages();
+  check_paired_fp8_facts();
   return 0;
 }
 
