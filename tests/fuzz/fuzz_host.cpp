@@ -643,6 +643,22 @@ void check_measured_keys_as_m() {
   }
 }
 
+// measured_params' cache as an NHD page pool of `page` keys per page (each
+// sequence its own max_pages pages), the block table in the sixth region.
+void make_paged(fd_decode_params* q, int page) {
+  const int max_pages = (q->k_len + page - 1) / page;
+  const int64_t hkv = q->num_kv_heads, d = q->head_dim;
+  q->block_table = reinterpret_cast<const int32_t*>((uint64_t{1} << 40) + 5 * (uint64_t{1} << 36));
+  q->block_table_stride_b = max_pages;
+  q->page_size = page;
+  q->max_pages = max_pages;
+  q->num_pages = q->batch_size * max_pages;
+  q->k_stride_b = q->v_stride_b = 0;
+  q->k_stride_page = q->v_stride_page = int64_t{page} * hkv * d;
+  q->k_stride_h = q->v_stride_h = d;
+  q->k_stride_k = q->v_stride_k = hkv * d;
+}
+
 // The whole-tile paged kernels on the pools engines use (page 16 to 128),
 // not on page 1, 17 or 48, nor under a window (tiles start anywhere).
 void check_whole_tile_pages() {
@@ -651,21 +667,11 @@ void check_whole_tile_pages() {
     bool whole;
   } cases[] = {{16, 0, true}, {32, 0, true}, {64, 0, true}, {128, 0, true}, {256, 0, true},
                {1, 0, false}, {8, 0, false}, {17, 0, false}, {48, 0, false}, {16, 128, false}};
-  const uint64_t table = (uint64_t{1} << 40) + 5 * (uint64_t{1} << 36);
   for (const Case& c : cases) {
     for (int b : {1, 16}) {  // split (a chunk of whole tiles) and unsplit
       const int k_len = 4096, hkv = 8, d = 128;
       fd_decode_params q = measured_params(b, 32, hkv, k_len, d);
-      const int max_pages = (k_len + c.page - 1) / c.page;
-      q.block_table = reinterpret_cast<const int32_t*>(table);
-      q.block_table_stride_b = max_pages;
-      q.page_size = c.page;
-      q.max_pages = max_pages;
-      q.num_pages = b * max_pages;
-      q.k_stride_b = q.v_stride_b = 0;
-      q.k_stride_page = q.v_stride_page = int64_t{c.page} * hkv * d;  // NHD pages
-      q.k_stride_h = q.v_stride_h = d;
-      q.k_stride_k = q.v_stride_k = int64_t{hkv} * d;
+      make_paged(&q, c.page);
       q.window_size = c.window;
       const fdfuzz::FakeDevice saved = fdfuzz::g_device;
       fdfuzz::g_device = fdfuzz::FakeDevice{};
@@ -712,7 +718,6 @@ void check_paired_fp8_facts() {
       {"bf16", 32, 8, 128, 0, 0, 0, 1, 3, false},
       {"e4m3, paired kernel cannot run", 32, 8, 128, E4M3, 0, 0, 0, 3, false},
   };
-  const uint64_t table = (uint64_t{1} << 40) + 5 * (uint64_t{1} << 36);
   for (const Case& c : cases) {
     const int b = 1, k_len = 32768;
     fd_decode_params q = measured_params(b, c.hq, c.hkv, k_len, c.d);
@@ -721,16 +726,7 @@ void check_paired_fp8_facts() {
       q.kv_dtype = c.kv;
     }
     if (c.page > 0) {
-      const int max_pages = (k_len + c.page - 1) / c.page;
-      q.block_table = reinterpret_cast<const int32_t*>(table);
-      q.block_table_stride_b = max_pages;
-      q.page_size = c.page;
-      q.max_pages = max_pages;
-      q.num_pages = b * max_pages;
-      q.k_stride_b = q.v_stride_b = 0;
-      q.k_stride_page = q.v_stride_page = int64_t{c.page} * c.hkv * c.d;  // NHD pages
-      q.k_stride_h = q.v_stride_h = c.d;
-      q.k_stride_k = q.v_stride_k = int64_t{c.hkv} * c.d;
+      make_paged(&q, c.page);
       q.window_size = c.window;
     }
     const fdfuzz::FakeDevice saved = fdfuzz::g_device;

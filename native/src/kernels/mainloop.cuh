@@ -90,37 +90,59 @@ __device__ __forceinline__ void tile_scores(float (&s)[2][4], const typename Ele
       if (key0 + n * 8 + cr.tid * 2 + (e & 1) >= key_end) s[n][e] = -INFINITY;
 }
 
+// Online softmax with the keys as M over TILES tiles at once (s[t]: the four
+// scores s[0][e] of tile t, keys gid, gid + 8 of heads 2t', 2t' + 1): one max,
+// one rescale of the state and one sum for all of them; the maxima and sums
+// run across the 8 lanes of one t'. The tiles' scores become their weights.
+template <int NT, int TILES>
+__device__ __forceinline__ void online_softmax_km(float* const (&s)[TILES], RowState<NT>& rs) {
+  float mx[2] = {fmaxf(s[0][0], s[0][2]), fmaxf(s[0][1], s[0][3])};
+#pragma unroll
+  for (int t = 1; t < TILES; ++t) {
+    mx[0] = fmaxf(mx[0], fmaxf(s[t][0], s[t][2]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[t][1], s[t][3]));
+  }
+  float alpha[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
+    const float m_new = fmaxf(rs.m[r], mx[r]);
+    const float base = m_new == -INFINITY ? 0.f : m_new;
+    alpha[r] = ptx::exp2_ftz(rs.m[r] - base);
+    rs.m[r] = m_new;
+    mx[r] = base;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e)
+#pragma unroll
+    for (int t = 0; t < TILES; ++t) s[t][e] = ptx::exp2_ftz(s[t][e] - mx[e & 1]);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = s[0][r] + s[0][2 + r];
+#pragma unroll
+    for (int t = 1; t < TILES; ++t) sum = sum + (s[t][r] + s[t][2 + r]);
+    rs.l[r] = rs.l[r] * alpha[r] + sum;
+  }
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    rs.o[n][0] *= alpha[0];
+    rs.o[n][1] *= alpha[1];
+    rs.o[n][2] *= alpha[0];
+    rs.o[n][3] *= alpha[1];
+  }
+}
+
 // Online softmax over one tile's scores (rows gid: e = 0, 1 and gid + 8: e = 2,
 // 3): s becomes the tile's weights, the state is rescaled to the new max.
-// With the keys as M (KM), s[0] holds keys gid, gid + 8 of heads 2t, 2t + 1:
-// the maxima and sums run across the 8 lanes of one t.
+// With the keys as M (KM), s[0] holds keys gid, gid + 8 of heads 2t, 2t + 1
+// (online_softmax_km).
 template <int NT, bool KM>
 __device__ __forceinline__ void online_softmax(float (&s)[2][4], RowState<NT>& rs) {
   if constexpr (KM) {
-    float mx[2] = {fmaxf(s[0][0], s[0][2]), fmaxf(s[0][1], s[0][3])};
-    float alpha[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
-      const float m_new = fmaxf(rs.m[r], mx[r]);
-      const float base = m_new == -INFINITY ? 0.f : m_new;
-      alpha[r] = ptx::exp2_ftz(rs.m[r] - base);
-      rs.m[r] = m_new;
-      mx[r] = base;
-    }
-#pragma unroll
-    for (int e = 0; e < 4; ++e) s[0][e] = ptx::exp2_ftz(s[0][e] - mx[e & 1]);
-    rs.l[0] = rs.l[0] * alpha[0] + (s[0][0] + s[0][2]);
-    rs.l[1] = rs.l[1] * alpha[1] + (s[0][1] + s[0][3]);
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      rs.o[n][0] *= alpha[0];
-      rs.o[n][1] *= alpha[1];
-      rs.o[n][2] *= alpha[0];
-      rs.o[n][3] *= alpha[1];
-    }
+    float* const tiles[1] = {s[0]};
+    online_softmax_km<NT, 1>(tiles, rs);
     return;
   }
   float mx[2] = {fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])),
@@ -147,41 +169,6 @@ __device__ __forceinline__ void online_softmax(float (&s)[2][4], RowState<NT>& r
     rs.o[n][0] *= alpha[0];
     rs.o[n][1] *= alpha[0];
     rs.o[n][2] *= alpha[1];
-    rs.o[n][3] *= alpha[1];
-  }
-}
-
-// Online softmax over two tiles' scores at once, keys as M (sa, sb: s[0] of
-// each): one max, one rescale of the state and one sum per 32 keys.
-template <int NT>
-__device__ __forceinline__ void online_softmax_km_pair(float (&sa)[2][4], float (&sb)[2][4],
-                                                       RowState<NT>& rs) {
-  float mx[2] = {fmaxf(fmaxf(sa[0][0], sa[0][2]), fmaxf(sb[0][0], sb[0][2])),
-                 fmaxf(fmaxf(sa[0][1], sa[0][3]), fmaxf(sb[0][1], sb[0][3]))};
-  float alpha[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
-    const float m_new = fmaxf(rs.m[r], mx[r]);
-    const float base = m_new == -INFINITY ? 0.f : m_new;
-    alpha[r] = ptx::exp2_ftz(rs.m[r] - base);
-    rs.m[r] = m_new;
-    mx[r] = base;
-  }
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    sa[0][e] = ptx::exp2_ftz(sa[0][e] - mx[e & 1]);
-    sb[0][e] = ptx::exp2_ftz(sb[0][e] - mx[e & 1]);
-  }
-  rs.l[0] = rs.l[0] * alpha[0] + ((sa[0][0] + sa[0][2]) + (sb[0][0] + sb[0][2]));
-  rs.l[1] = rs.l[1] * alpha[1] + ((sa[0][1] + sa[0][3]) + (sb[0][1] + sb[0][3]));
-#pragma unroll
-  for (int n = 0; n < NT; ++n) {
-    rs.o[n][0] *= alpha[0];
-    rs.o[n][1] *= alpha[1];
-    rs.o[n][2] *= alpha[0];
     rs.o[n][3] *= alpha[1];
   }
 }
@@ -293,7 +280,8 @@ __device__ __forceinline__ void run_mainloop(RowState<Elem::template acc_tiles<T
       Elem::template qk<Tr, KSTEPS>(sb, qf, skb, lane);
       tile_scores<Elem>(sa, st, c, lp, logit_mods, cr, span.key0(ta), span.end(ta));
       tile_scores<Elem>(sb, st, c, lp, logit_mods, cr, span.key0(tb), span.end(tb));
-      online_softmax_km_pair<NT>(sa, sb, rs);
+      float* const pair[2] = {sa[0], sb[0]};
+      online_softmax_km<NT, 2>(pair, rs);
       Elem::template pv<Tr, NT>(rs.o, sa, ska + Tile::kTileBytes, lane);
       Elem::template pv<Tr, NT>(rs.o, sb, skb + Tile::kTileBytes, lane);
     }
