@@ -454,18 +454,21 @@ def run_fp8(gen, B, Hq, Hkv, K, D, kv, dtype, per_head, paged):
 
 
 def bad_cases(quick):
-    for P, layout, split in itertools.product([1, 16], ["NHD", "HND"], [False, True]):
-        yield dict(P=P, layout=layout, split=split)
+    for P, layout, split, kv in itertools.product([1, 16], ["NHD", "HND"], [False, True],
+                                                  [None, F.FP8_E4M3]):
+        yield dict(P=P, layout=layout, split=split, kv=kv)
 
 
-def run_bad(gen, P, layout, split):
+def run_bad(gen, P, layout, split, kv):
     """Sequence 1 has a page id outside the pool, sequence 2 a length past k_len:
     exactly their rows are NaN, the others right; nothing outside the pool is read
-    (run this section under compute-sanitizer to see it)."""
+    (run this section under compute-sanitizer to see it). An fp8 pool at page 16
+    takes the paired whole-tile kernel, at page 1 the per-key one."""
     B, Hq, Hkv, D = 4, 16, 4, 128
     K = 4096 if split else 64
     dtype = torch.bfloat16
-    kpool, vpool, table, max_pages, num_pages = build_pool(gen, B, Hkv, K, D, P, layout, dtype, False)
+    elem = kv if kv is not None else dtype
+    kpool, vpool, table, max_pages, num_pages = build_pool(gen, B, Hkv, K, D, P, layout, elem, False)
     kd, vd = gather(kpool, table, layout, K, P), gather(vpool, table, layout, K, P)
     lens = torch.full((B,), K, device=DEV, dtype=torch.int32)
     lens[3] = K // 2
@@ -480,6 +483,10 @@ def run_bad(gen, P, layout, split):
     set_pool(p, kpool, vpool, bad_table, layout, max_pages, num_pages, P)
     set_lse(p, lse)
     p.seq_lens = ptr(lens_dev)
+    if kv is not None:
+        p.kv_dtype = kv
+        p.k_scale, p.v_scale = 0.5, 1.25
+        kd, vd = kd * 0.5, vd * 1.25
     ry, rl = reference(q, kd, vd, lens, scale)
     return check(Case(y=y, lse=lse), p, ry, rl, TOL[dtype], nan_rows=[1, 2])
 

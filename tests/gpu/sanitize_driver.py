@@ -104,6 +104,9 @@ CASES = [
          lens=ragged(3, 5000), window=300, sink_tokens=4, sinks=True, alibi=True, soft_cap=30.0,
          invariant=True),
     Case("out_of_pool_page", 3, 8, 2, 600, 64, layout="paged-nhd", page=16, bad_page=True),
+    # fp8 at D = 128 on whole-tile pages: the paired kernel meets the bad id.
+    Case("fp8_out_of_pool_page_pairs", 3, 16, 4, 2000, 128, layout="paged-nhd", page=16,
+         kv="e4m3", scales="tensor", bad_page=True),
 ]
 
 
