@@ -12,7 +12,9 @@ pool of page size N, NHD, pages shuffled), e4m3 / e5m2 (fp8 KV, bf16 q),
 ragged (per-sequence lengths spread from K/32 to K), f16 (q and KV f16), capN
 (logit soft-cap N, as Gemma-2's 50), alibi (ALiBi slopes of a 2^(-8h/Hq) series),
 hnd (the page pool [pages, Hkv, N, D] instead of NHD), ordered (the block table
-lists the pool's pages in order instead of shuffled).
+lists the pool's pages in order instead of shuffled), sep (a one-element kernel
+after every call, its own time subtracted: each call starts after the previous
+one has finished, as between two layers of a model, instead of overlapping it).
 A library that refuses a shape (an older build) reports it and goes on.
 Prints one line per shape: us per call for each library and the ratio to the
 first; --json writes everything."""
@@ -34,7 +36,7 @@ def parse_shape(text):
     head, *mods = text.split(":")
     b, hq, hkv, k, d = (int(x) for x in head.split(","))
     spec = dict(B=b, Hq=hq, Hkv=hkv, K=k, D=d, page=0, kv=None, ragged=False, dtype="bf16",
-                cap=0.0, alibi=False, hnd=False, ordered=False)
+                cap=0.0, alibi=False, hnd=False, ordered=False, sep=False)
     for m in mods:
         if m.startswith("paged"):
             spec["page"] = int(m[5:])
@@ -46,7 +48,7 @@ def parse_shape(text):
             spec["dtype"] = "f16"
         elif m.startswith("cap"):
             spec["cap"] = float(m[3:])
-        elif m in ("alibi", "hnd", "ordered"):
+        elif m in ("alibi", "hnd", "ordered", "sep"):
             spec[m] = True
         else:
             raise SystemExit(f"unknown shape suffix {m!r} in {text!r}")
@@ -177,24 +179,39 @@ def time_one(spec, repeats):
                 raise RuntimeError(f"warm-up: {F.last_error()}")
     torch.cuda.synchronize()
     failed = []
+    sep = torch.zeros(1, device="cuda")
     with torch.cuda.graph(graph, stream=stream):
         for j in range(n_calls):
             if lib.fd_decode(ctypes.byref(ps[j % R])) != 0:
                 failed.append(F.last_error())
+            if spec["sep"]:
+                sep.add_(1.0)
     if failed:
         raise RuntimeError(f"capture: {failed[0]}")
-    samples = []
-    with torch.cuda.stream(stream):  # replay() launches on the current stream
-        for _ in range(3):
-            graph.replay()
-        torch.cuda.synchronize()
-        for _ in range(repeats):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            graph.replay()
-            e1.record()
-            e1.synchronize()
-            samples.append(e0.elapsed_time(e1) * 1e3 / n_calls)
+
+    def replay_us(g):
+        samples = []
+        with torch.cuda.stream(stream):  # replay() launches on the current stream
+            for _ in range(3):
+                g.replay()
+            torch.cuda.synchronize()
+            for _ in range(repeats):
+                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                e0.record()
+                g.replay()
+                e1.record()
+                e1.synchronize()
+                samples.append(e0.elapsed_time(e1) * 1e3 / n_calls)
+        return samples
+
+    samples = replay_us(graph)
+    if spec["sep"]:  # less the separators' own time
+        alone = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(alone, stream=stream):
+            for j in range(n_calls):
+                sep.add_(1.0)
+        sep_us = statistics.median(replay_us(alone))
+        samples = [t - sep_us for t in samples]
     us = statistics.median(samples)
     read = kv_bytes if lens is None else int(kv_bytes * lens.float().mean().item() / K)
     return {"us": us, "gbps": (read + 2 * B * Hq * D * 2) / us / 1e3, "err": err,
