@@ -36,6 +36,13 @@ def cases(fp8=True):
                              (32, 16, 16, 1024, 64), (1, 64, 8, 20000, 96), (2, 16, 1, 4097, 64),
                              (16, 32, 8, 4096, 128), (4, 32, 32, 4096, 128)]:
         out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype="bf16", strided=False, ext={}))
+    # Full tiles of every bucket whose rows' chunks do not divide a warp's 32
+    # copies (80, 96, 160 and 192 elements), MHA and GQA, on both dtypes.
+    for i, (B, Hq, Hkv, K, D) in enumerate([(8, 32, 32, 2048, 80), (3, 32, 8, 1000, 80),
+                                            (4, 32, 32, 4096, 96), (2, 28, 4, 3001, 96),
+                                            (2, 16, 16, 1500, 160), (2, 16, 8, 1500, 192)]):
+        out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype=("bf16", "f16")[i % 2],
+                        strided=False, ext={}))
     exts = [dict(sinks=1), dict(seq_lens=1), dict(window=300), dict(alibi=1), dict(cap=30.0),
             dict(bi=1), dict(seq_lens=1, window=257, sinks=1, alibi=1, cap=20.0, bi=1)]
     for ext, (B, Hq, Hkv, K, D) in itertools.product(exts, [(3, 32, 8, 9000, 128), (2, 8, 8, 700, 80)]):
@@ -51,7 +58,15 @@ def cases(fp8=True):
             ext.update(kv=("e4m3", "e5m2")[i % 2], per_head=i % 4 == 0)
         out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype=("bf16", "f16")[i % 5 == 0],
                         strided=False, ext=ext))
+    for i, (P, (B, Hq, Hkv, K, D)) in enumerate(itertools.product(
+            [16, 64], [(4, 32, 32, 2048, 80), (3, 32, 8, 2000, 96)])):
+        ext = dict(page=P, layout=("NHD", "HND")[i % 2], seq_lens=i % 2)
+        out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype="bf16", strided=False, ext=ext))
     if fp8:
+        for i, (B, Hq, Hkv, K, D) in enumerate([(4, 32, 8, 3000, 96), (2, 16, 8, 2000, 160),
+                                                (2, 16, 8, 2000, 192)]):
+            out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype="bf16", strided=False,
+                            ext=dict(kv=("e4m3", "e5m2")[i % 2], per_head=i == 0)))
         for i, (B, (Hq, Hkv), K, D, dtype, strided) in enumerate(itertools.product(
                 [1, 3], [(1, 1), (8, 8), (32, 8), (28, 4), (32, 2), (8, 1)], [257, 4096],
                 [7, 72, 128, 256], ["f16", "bf16"], [False, True])):
