@@ -14,22 +14,35 @@
 
 namespace fd {
 
+// The L2 prefetch hint of a K/V copy (bytes; 0: none). Rows of whole 128-byte
+// lines (the swizzled layout) need none: a warp's copies cover whole lines,
+// and no hint measured 0-1% faster. Padded rows (16-bit D = 80, 96, 160; fp8
+// D = 64, 96, 160, 192) of a contiguous cache or of a page's 16-row tile take
+// none either: there the 256-byte hint made L2 serve 1.5x the sectors the
+// kernel reads and cost 2-6.6% (H200, docs/RESULTS.md). It stays where the 256
+// bytes around a row hold rows that other CTAs read next, other KV heads' rows
+// of the same key in a page pool: rows looked up one by one (pages under 16
+// keys) and paged rows under 128 bytes (fp8 D = 64, 96; without the hint fp8
+// D64 at page 16 was 5% slower, 16-bit D96 at page 1 0.5%).
+template <class Tr, class Source, bool ROWS_FROM_BASE>
+constexpr int copy_l2_prefetch() {
+  if (Tr::Tile::kSwizzle || !Source::kPaged) return 0;
+  return !ROWS_FROM_BASE || Tr::Tile::kChunks < 8 ? 256 : 0;
+}
+
 // One 16-key tile of K and V (the source's current tile) into sk / sv: rows
 // past the tile's end and columns >= head_dim are zero-filled.
 // Vectorised: 16-byte cp.async (head_dim * element bytes a multiple of 16,
 // 16-byte aligned rows); K and V rows interleaved, measured 1.5-3% faster than
 // all K rows, then all V rows (docs/RESULTS.md). EVICT_FIRST: the copies carry
 // an evict-first L2 policy (LaunchParams::kv_evict_first).
-template <class Tr, bool EVICT_FIRST, bool UNIFORM, bool FULL, class Source>
+template <class Tr, bool EVICT_FIRST, bool UNIFORM, class Source>
 __device__ __forceinline__ void copy_rows_vec(unsigned char* sk, unsigned char* sv,
                                               const Source& src, const fd_decode_params& c,
                                               int head_dim, int lane, uint64_t policy) {
   using Tile = typename Tr::Tile;
   using E = typename KvStorage<Tr::kKvBytes>::type;
-  // L2 prefetch hint: with the swizzled layout a warp's copies already cover
-  // whole lines and no hint measured 0-1% faster (fewer L2 requests); the
-  // padded layout streams better with 256-byte bursts.
-  constexpr int kPrefetch = Tile::kSwizzle ? 0 : 256;
+  constexpr int kPrefetch = copy_l2_prefetch<Tr, Source, UNIFORM>();
   constexpr int kChunks = Tile::kChunks;
   constexpr int kCopies = kTileKeys * kChunks;
   constexpr int kSteps = (kCopies + 31) / 32;
@@ -45,7 +58,7 @@ __device__ __forceinline__ void copy_rows_vec(unsigned char* sk, unsigned char* 
     const bool row_ok = UNIFORM ? src.template row_in_base<Tr::kKvBytes>(c, row, &kr, &vr)
                                 : src.template row<Tr::kKvBytes>(c, row, &kr, &vr);
     if (!in_step) continue;
-    const bool ok = FULL || (row_ok && ch * Tr::kElemsPerChunk < head_dim);
+    const bool ok = row_ok && ch * Tr::kElemsPerChunk < head_dim;
     const void* ks = ok ? reinterpret_cast<const E*>(kr) + ch * Tr::kElemsPerChunk
                         : static_cast<const void*>(src.k);
     const void* vs = ok ? reinterpret_cast<const E*>(vr) + ch * Tr::kElemsPerChunk
@@ -66,7 +79,7 @@ __device__ __forceinline__ void copy_full_rows_vec(unsigned char* sk, unsigned c
                                                    const Source& src, const fd_decode_params& c,
                                                    int lane, uint64_t policy) {
   using Tile = typename Tr::Tile;
-  constexpr int kPrefetch = Tile::kSwizzle ? 0 : 256;
+  constexpr int kPrefetch = copy_l2_prefetch<Tr, Source, true>();
   constexpr int kChunks = Tile::kChunks;
   static_assert(32 % kChunks == 0, "a lane keeps its chunk from step to step");
   constexpr int kRowsPerStep = 32 / kChunks;
@@ -89,6 +102,48 @@ __device__ __forceinline__ void copy_full_rows_vec(unsigned char* sk, unsigned c
   }
 }
 
+// The same for rows whose chunks do not divide 32 (80- and 96-element 16-bit
+// rows: 10 and 12 chunks; 160 and 192; fp8 96, 160, 192): lane l takes copies
+// l, l + 32, ... of the tile's row-major chunks, so step `it` moves it
+// (32 * it) / chunks rows and (32 * it) % chunks chunks on from its first copy
+// (constants), plus one row where its chunk wraps past the row's end (at most
+// once: both parts are below a row). One 64-bit product per lane instead of
+// one per copy.
+template <class Tr, bool EVICT_FIRST, class Source>
+__device__ __forceinline__ void copy_full_rows_vec_wrapping(unsigned char* sk, unsigned char* sv,
+                                                            const Source& src,
+                                                            const fd_decode_params& c, int lane,
+                                                            uint64_t policy) {
+  using Tile = typename Tr::Tile;
+  constexpr int kPrefetch = copy_l2_prefetch<Tr, Source, true>();
+  constexpr int kChunks = Tile::kChunks;
+  constexpr int kCopies = kTileKeys * kChunks;
+  static_assert(kCopies % 32 == 0, "every lane copies in every step");
+  constexpr int kSteps = kCopies / 32;
+  const int row0 = lane / kChunks, ch0 = lane % kChunks;
+  const unsigned char* kr;
+  const unsigned char* vr;
+  src.template row_in_base<Tr::kKvBytes>(c, row0, &kr, &vr);
+  kr += ch0 * 16;
+  vr += ch0 * 16;
+  const int64_t k_row = src.template k_row_bytes<Tr::kKvBytes>(c);
+  const int64_t v_row = src.template v_row_bytes<Tr::kKvBytes>(c);
+  // Where a lane's chunk wraps: back one row's chunks, on one row.
+  const int64_t k_wrap = k_row - kChunks * 16, v_wrap = v_row - kChunks * 16;
+#pragma unroll
+  for (int it = 0; it < kSteps; ++it) {
+    const int rows = (32 * it) / kChunks, chunks = (32 * it) % kChunks;
+    const bool wraps = ch0 + chunks >= kChunks;
+    const int row = row0 + rows + (wraps ? 1 : 0);
+    const int ch = ch0 + chunks - (wraps ? kChunks : 0);
+    const int64_t k_off = rows * k_row + chunks * 16 + (wraps ? k_wrap : 0);
+    const int64_t v_off = rows * v_row + chunks * 16 + (wraps ? v_wrap : 0);
+    const int off = Tile::chunk_offset(row, ch);
+    ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sk + off, kr + k_off, 16, policy);
+    ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sv + off, vr + v_off, 16, policy);
+  }
+}
+
 // One 16-key tile of K and V (the source's current tile) into sk / sv: rows
 // past the tile's end and columns >= head_dim are zero-filled.
 // Vectorised: 16-byte cp.async (head_dim * element bytes a multiple of 16,
@@ -108,11 +163,11 @@ __device__ __forceinline__ void copy_tile_vec(unsigned char* sk, unsigned char* 
       if constexpr (32 % Tr::Tile::kChunks == 0)
         copy_full_rows_vec<Tr, EVICT_FIRST>(sk, sv, src, c, lane, policy);
       else
-        copy_rows_vec<Tr, EVICT_FIRST, true, true>(sk, sv, src, c, head_dim, lane, policy);
+        copy_full_rows_vec_wrapping<Tr, EVICT_FIRST>(sk, sv, src, c, lane, policy);
     } else
-      copy_rows_vec<Tr, EVICT_FIRST, true, false>(sk, sv, src, c, head_dim, lane, policy);
+      copy_rows_vec<Tr, EVICT_FIRST, true>(sk, sv, src, c, head_dim, lane, policy);
   } else {
-    copy_rows_vec<Tr, EVICT_FIRST, false, false>(sk, sv, src, c, head_dim, lane, policy);
+    copy_rows_vec<Tr, EVICT_FIRST, false>(sk, sv, src, c, head_dim, lane, policy);
   }
 }
 
