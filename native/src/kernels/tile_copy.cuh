@@ -17,17 +17,15 @@ namespace fd {
 // The L2 prefetch hint of a K/V copy (bytes; 0: none). Rows of whole 128-byte
 // lines (the swizzled layout) need none: a warp's copies cover whole lines,
 // and no hint measured 0-1% faster. Padded rows (16-bit D = 80, 96, 160; fp8
-// D = 64, 96, 160, 192) of a contiguous cache or of a page's 16-row tile take
-// none either: there the 256-byte hint made L2 serve 1.5x the sectors the
-// kernel reads and cost 2-6.6% (H200, docs/RESULTS.md). It stays where the 256
-// bytes around a row hold rows that other CTAs read next, other KV heads' rows
-// of the same key in a page pool: rows looked up one by one (pages under 16
-// keys) and paged rows under 128 bytes (fp8 D = 64, 96; without the hint fp8
-// D64 at page 16 was 5% slower, 16-bit D96 at page 1 0.5%).
-template <class Tr, class Source, bool ROWS_FROM_BASE>
+// D = 64, 96, 160, 192) of a contiguous cache take none either: there the
+// 256-byte hint made L2 serve 1.5x the sectors the kernel reads and cost up
+// to 6% (H200, docs/RESULTS.md). Page pools keep it: in an NHD pool the 256
+// bytes around a row hold other KV heads' rows of the same key, which other
+// CTAs read next (without it fp8 D64 at page 16 was 5% slower, fp8 D96 4%,
+// 16-bit D96 at page 1 3%).
+template <class Tr, class Source>
 constexpr int copy_l2_prefetch() {
-  if (Tr::Tile::kSwizzle || !Source::kPaged) return 0;
-  return !ROWS_FROM_BASE || Tr::Tile::kChunks < 8 ? 256 : 0;
+  return Tr::Tile::kSwizzle || !Source::kPaged ? 0 : 256;
 }
 
 // One 16-key tile of K and V (the source's current tile) into sk / sv: rows
@@ -36,13 +34,13 @@ constexpr int copy_l2_prefetch() {
 // 16-byte aligned rows); K and V rows interleaved, measured 1.5-3% faster than
 // all K rows, then all V rows (docs/RESULTS.md). EVICT_FIRST: the copies carry
 // an evict-first L2 policy (LaunchParams::kv_evict_first).
-template <class Tr, bool EVICT_FIRST, bool UNIFORM, class Source>
+template <class Tr, bool EVICT_FIRST, bool UNIFORM, bool FULL, class Source>
 __device__ __forceinline__ void copy_rows_vec(unsigned char* sk, unsigned char* sv,
                                               const Source& src, const fd_decode_params& c,
                                               int head_dim, int lane, uint64_t policy) {
   using Tile = typename Tr::Tile;
   using E = typename KvStorage<Tr::kKvBytes>::type;
-  constexpr int kPrefetch = copy_l2_prefetch<Tr, Source, UNIFORM>();
+  constexpr int kPrefetch = copy_l2_prefetch<Tr, Source>();
   constexpr int kChunks = Tile::kChunks;
   constexpr int kCopies = kTileKeys * kChunks;
   constexpr int kSteps = (kCopies + 31) / 32;
@@ -58,7 +56,7 @@ __device__ __forceinline__ void copy_rows_vec(unsigned char* sk, unsigned char* 
     const bool row_ok = UNIFORM ? src.template row_in_base<Tr::kKvBytes>(c, row, &kr, &vr)
                                 : src.template row<Tr::kKvBytes>(c, row, &kr, &vr);
     if (!in_step) continue;
-    const bool ok = row_ok && ch * Tr::kElemsPerChunk < head_dim;
+    const bool ok = FULL || (row_ok && ch * Tr::kElemsPerChunk < head_dim);
     const void* ks = ok ? reinterpret_cast<const E*>(kr) + ch * Tr::kElemsPerChunk
                         : static_cast<const void*>(src.k);
     const void* vs = ok ? reinterpret_cast<const E*>(vr) + ch * Tr::kElemsPerChunk
@@ -79,7 +77,7 @@ __device__ __forceinline__ void copy_full_rows_vec(unsigned char* sk, unsigned c
                                                    const Source& src, const fd_decode_params& c,
                                                    int lane, uint64_t policy) {
   using Tile = typename Tr::Tile;
-  constexpr int kPrefetch = copy_l2_prefetch<Tr, Source, true>();
+  constexpr int kPrefetch = copy_l2_prefetch<Tr, Source>();
   constexpr int kChunks = Tile::kChunks;
   static_assert(32 % kChunks == 0, "a lane keeps its chunk from step to step");
   constexpr int kRowsPerStep = 32 / kChunks;
@@ -108,14 +106,16 @@ __device__ __forceinline__ void copy_full_rows_vec(unsigned char* sk, unsigned c
 // (32 * it) / chunks rows and (32 * it) % chunks chunks on from its first copy
 // (constants), plus one row where its chunk wraps past the row's end (at most
 // once: both parts are below a row). One 64-bit product per lane instead of
-// one per copy.
+// one per copy. Contiguous caches only: in page pools, where the copies keep
+// the L2 hint, it measured 1.6-2% slower on fp8 D96 at page 16 (H200,
+// docs/RESULTS.md).
 template <class Tr, bool EVICT_FIRST, class Source>
 __device__ __forceinline__ void copy_full_rows_vec_wrapping(unsigned char* sk, unsigned char* sv,
                                                             const Source& src,
                                                             const fd_decode_params& c, int lane,
                                                             uint64_t policy) {
   using Tile = typename Tr::Tile;
-  constexpr int kPrefetch = copy_l2_prefetch<Tr, Source, true>();
+  constexpr int kPrefetch = copy_l2_prefetch<Tr, Source>();
   constexpr int kChunks = Tile::kChunks;
   constexpr int kCopies = kTileKeys * kChunks;
   static_assert(kCopies % 32 == 0, "every lane copies in every step");
@@ -162,12 +162,14 @@ __device__ __forceinline__ void copy_tile_vec(unsigned char* sk, unsigned char* 
     if (src.tile_full() && head_dim > Tr::kDpad - Tr::kElemsPerChunk) {
       if constexpr (32 % Tr::Tile::kChunks == 0)
         copy_full_rows_vec<Tr, EVICT_FIRST>(sk, sv, src, c, lane, policy);
-      else
+      else if constexpr (!Source::kPaged)
         copy_full_rows_vec_wrapping<Tr, EVICT_FIRST>(sk, sv, src, c, lane, policy);
+      else
+        copy_rows_vec<Tr, EVICT_FIRST, true, true>(sk, sv, src, c, head_dim, lane, policy);
     } else
-      copy_rows_vec<Tr, EVICT_FIRST, true>(sk, sv, src, c, head_dim, lane, policy);
+      copy_rows_vec<Tr, EVICT_FIRST, true, false>(sk, sv, src, c, head_dim, lane, policy);
   } else {
-    copy_rows_vec<Tr, EVICT_FIRST, false>(sk, sv, src, c, head_dim, lane, policy);
+    copy_rows_vec<Tr, EVICT_FIRST, false, false>(sk, sv, src, c, head_dim, lane, policy);
   }
 }
 
