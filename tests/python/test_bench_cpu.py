@@ -1081,7 +1081,7 @@ def test_progress_plain(monkeypatch):
 def test_commit_info(tmp_path):
     info = meta.commit_info(repo=tmp_path, env={"FD_COMMIT": "deadbeef"})
     assert info == {"commit": "deadbeef", "dirty": None, "source": "FD_COMMIT"}
-    assert meta.commit_info(repo=tmp_path, env={})["commit"] is None
+    assert meta.commit_info(repo=tmp_path, env={}, cwd=tmp_path)["commit"] is None
     assert meta.commit_info(repo=meta.REPO_ROOT, env={"FD_COMMIT": "feed"})["commit"] == "feed"
     # REPO_ROOT is the checkout the package was imported from; an installed package
     # (site-packages) has none, and its commit comes from FD_COMMIT or nowhere.
@@ -1094,6 +1094,31 @@ def test_commit_info(tmp_path):
         info = meta.commit_info(env={})
         assert info["source"] == "git" and re.fullmatch(r"[0-9a-f]{40}", info["commit"])
     assert set(meta.host_info()) == {"python", "platform", "hostname"}
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_commit_info_from_a_checkout_in_the_working_directory(tmp_path):
+    # An installed package (no repository around it) run from a checkout takes
+    # the checkout's commit; a working directory that is some other repository
+    # does not count.
+    site = tmp_path / "site"
+    site.mkdir()
+    other = tmp_path / "other"
+    checkout = tmp_path / "checkout"
+    for repo in (other, checkout):
+        repo.mkdir()
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+        (repo / "f.txt").write_text("x")
+        subprocess.run(["git", "-C", str(repo), "add", "f.txt"], check=True)
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
+                        "commit", "-qm", "c"], check=True)
+    (checkout / "python" / "flashdecoding" / "bench").mkdir(parents=True)
+    sha = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    info = meta.commit_info(repo=site, env={}, cwd=checkout)
+    assert info == {"commit": sha, "dirty": False, "source": "git (working directory)"}
+    assert meta.commit_info(repo=site, env={}, cwd=other)["commit"] is None
+    assert meta.commit_info(repo=site, env={"FD_COMMIT": "abc"}, cwd=checkout)["commit"] == "abc"
 
 
 # ------------------------------------------------------------------ argument parsing

@@ -19,17 +19,30 @@ def _git(args, cwd):
     return r.stdout.strip() if r.returncode == 0 else None
 
 
-def commit_info(repo=REPO_ROOT, env=None) -> dict:
+def _is_checkout(path: Path) -> bool:
+    """A flashdecoding git checkout: a .git beside the package's sources."""
+    return (path / ".git").exists() and (path / "python" / "flashdecoding" / "bench").is_dir()
+
+
+def commit_info(repo=REPO_ROOT, env=None, cwd=None) -> dict:
     """{"commit", "dirty", "source"}: the environment's FD_COMMIT when set (a
     copy of the tree, as on the GPU machine, may carry a .git that is not its
-    commit), else ``git rev-parse HEAD`` in the repository this file lives in."""
+    commit), else ``git rev-parse HEAD`` in the repository this file lives in,
+    else in the working directory when that is a flashdecoding checkout (the
+    package installed from it, as scripts/run.sh does, lives in site-packages,
+    outside any repository)."""
     env = os.environ if env is None else env
     if env.get("FD_COMMIT"):
         return {"commit": env["FD_COMMIT"], "dirty": None, "source": "FD_COMMIT"}
-    sha = _git(["rev-parse", "HEAD"], repo) if (Path(repo) / ".git").exists() else None
-    if sha:
-        dirty = _git(["status", "--porcelain", "--untracked-files=no"], repo)
-        return {"commit": sha, "dirty": bool(dirty), "source": "git"}
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    roots = [(Path(repo), "git")] if (Path(repo) / ".git").exists() else []
+    if _is_checkout(cwd):
+        roots.append((cwd, "git (working directory)"))
+    for root, source in roots:
+        sha = _git(["rev-parse", "HEAD"], root)
+        if sha:
+            dirty = _git(["status", "--porcelain", "--untracked-files=no"], root)
+            return {"commit": sha, "dirty": bool(dirty), "source": source}
     return {"commit": None, "dirty": None, "source": None}
 
 
