@@ -67,11 +67,17 @@ __device__ __forceinline__ void copy_rows_vec(unsigned char* sk, unsigned char* 
   }
 }
 
-// A full tile whose rows are one base apart, where a row's chunks divide a
-// warp's 32 copies (rows of 64, 128, 256 or 512 bytes): a lane copies the
-// same chunk of every (32 / chunks)-th row, so its addresses advance by one
-// constant per step from the tile's first row, instead of a 64-bit product
-// per address (the same addresses, in about a third of the instructions).
+// A full tile whose rows are one base apart: lane l takes copies l, l + 32,
+// ... of the tile's row-major chunks, at addresses that advance by constants
+// from the tile's first row instead of a 64-bit product per address (the same
+// addresses, in about a third of the instructions). Where a row's chunks
+// divide 32 (rows of 64, 128, 256 or 512 bytes) a lane keeps its chunk and
+// steps 32 / chunks rows. Otherwise (80- and 96-element 16-bit rows: 10 and 12
+// chunks; 160 and 192; fp8 96, 160, 192) step `it` moves it (32 * it) / chunks
+// rows and (32 * it) % chunks chunks on, plus one row where its chunk wraps
+// past the row's end (at most once: both parts are below a row); contiguous
+// caches only: in page pools, where the copies keep the L2 hint, that loop
+// measured 1.6-2% slower on fp8 D96 at page 16 (H200, docs/RESULTS.md).
 template <class Tr, bool EVICT_FIRST, class Source>
 __device__ __forceinline__ void copy_full_rows_vec(unsigned char* sk, unsigned char* sv,
                                                    const Source& src, const fd_decode_params& c,
@@ -79,47 +85,8 @@ __device__ __forceinline__ void copy_full_rows_vec(unsigned char* sk, unsigned c
   using Tile = typename Tr::Tile;
   constexpr int kPrefetch = copy_l2_prefetch<Tr, Source>();
   constexpr int kChunks = Tile::kChunks;
-  static_assert(32 % kChunks == 0, "a lane keeps its chunk from step to step");
-  constexpr int kRowsPerStep = 32 / kChunks;
-  constexpr int kSteps = kTileKeys / kRowsPerStep;
-  const int row0 = lane / kChunks, ch = lane % kChunks;
-  const unsigned char* kr;
-  const unsigned char* vr;
-  src.template row_in_base<Tr::kKvBytes>(c, row0, &kr, &vr);
-  kr += ch * 16;
-  vr += ch * 16;
-  const int64_t k_step = kRowsPerStep * src.template k_row_bytes<Tr::kKvBytes>(c);
-  const int64_t v_step = kRowsPerStep * src.template v_row_bytes<Tr::kKvBytes>(c);
-#pragma unroll
-  for (int it = 0; it < kSteps; ++it) {
-    const int off = Tile::chunk_offset(row0 + it * kRowsPerStep, ch);
-    ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sk + off, kr, 16, policy);
-    ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sv + off, vr, 16, policy);
-    kr += k_step;
-    vr += v_step;
-  }
-}
-
-// The same for rows whose chunks do not divide 32 (80- and 96-element 16-bit
-// rows: 10 and 12 chunks; 160 and 192; fp8 96, 160, 192): lane l takes copies
-// l, l + 32, ... of the tile's row-major chunks, so step `it` moves it
-// (32 * it) / chunks rows and (32 * it) % chunks chunks on from its first copy
-// (constants), plus one row where its chunk wraps past the row's end (at most
-// once: both parts are below a row). One 64-bit product per lane instead of
-// one per copy. Contiguous caches only: in page pools, where the copies keep
-// the L2 hint, it measured 1.6-2% slower on fp8 D96 at page 16 (H200,
-// docs/RESULTS.md).
-template <class Tr, bool EVICT_FIRST, class Source>
-__device__ __forceinline__ void copy_full_rows_vec_wrapping(unsigned char* sk, unsigned char* sv,
-                                                            const Source& src,
-                                                            const fd_decode_params& c, int lane,
-                                                            uint64_t policy) {
-  using Tile = typename Tr::Tile;
-  constexpr int kPrefetch = copy_l2_prefetch<Tr, Source>();
-  constexpr int kChunks = Tile::kChunks;
-  constexpr int kCopies = kTileKeys * kChunks;
-  static_assert(kCopies % 32 == 0, "every lane copies in every step");
-  constexpr int kSteps = kCopies / 32;
+  static_assert(kTileKeys * kChunks % 32 == 0, "every lane copies in every step");
+  constexpr int kSteps = kTileKeys * kChunks / 32;
   const int row0 = lane / kChunks, ch0 = lane % kChunks;
   const unsigned char* kr;
   const unsigned char* vr;
@@ -128,19 +95,33 @@ __device__ __forceinline__ void copy_full_rows_vec_wrapping(unsigned char* sk, u
   vr += ch0 * 16;
   const int64_t k_row = src.template k_row_bytes<Tr::kKvBytes>(c);
   const int64_t v_row = src.template v_row_bytes<Tr::kKvBytes>(c);
-  // Where a lane's chunk wraps: back one row's chunks, on one row.
-  const int64_t k_wrap = k_row - kChunks * 16, v_wrap = v_row - kChunks * 16;
+  if constexpr (32 % kChunks == 0) {
+    constexpr int kRowsPerStep = 32 / kChunks;
+    const int64_t k_step = kRowsPerStep * k_row, v_step = kRowsPerStep * v_row;
 #pragma unroll
-  for (int it = 0; it < kSteps; ++it) {
-    const int rows = (32 * it) / kChunks, chunks = (32 * it) % kChunks;
-    const bool wraps = ch0 + chunks >= kChunks;
-    const int row = row0 + rows + (wraps ? 1 : 0);
-    const int ch = ch0 + chunks - (wraps ? kChunks : 0);
-    const int64_t k_off = rows * k_row + chunks * 16 + (wraps ? k_wrap : 0);
-    const int64_t v_off = rows * v_row + chunks * 16 + (wraps ? v_wrap : 0);
-    const int off = Tile::chunk_offset(row, ch);
-    ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sk + off, kr + k_off, 16, policy);
-    ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sv + off, vr + v_off, 16, policy);
+    for (int it = 0; it < kSteps; ++it) {
+      const int off = Tile::chunk_offset(row0 + it * kRowsPerStep, ch0);
+      ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sk + off, kr, 16, policy);
+      ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sv + off, vr, 16, policy);
+      kr += k_step;
+      vr += v_step;
+    }
+  } else {
+    static_assert(!Source::kPaged, "page pools take copy_rows_vec for such rows (copy_tile_vec)");
+    // Where a lane's chunk wraps: back one row's chunks, on one row.
+    const int64_t k_wrap = k_row - kChunks * 16, v_wrap = v_row - kChunks * 16;
+#pragma unroll
+    for (int it = 0; it < kSteps; ++it) {
+      const int rows = (32 * it) / kChunks, chunks = (32 * it) % kChunks;
+      const bool wraps = ch0 + chunks >= kChunks;
+      const int row = row0 + rows + (wraps ? 1 : 0);
+      const int ch = ch0 + chunks - (wraps ? kChunks : 0);
+      const int64_t k_off = rows * k_row + chunks * 16 + (wraps ? k_wrap : 0);
+      const int64_t v_off = rows * v_row + chunks * 16 + (wraps ? v_wrap : 0);
+      const int off = Tile::chunk_offset(row, ch);
+      ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sk + off, kr + k_off, 16, policy);
+      ptx::cp_async_16<kPrefetch, EVICT_FIRST>(sv + off, vr + v_off, 16, policy);
+    }
   }
 }
 
@@ -160,10 +141,8 @@ __device__ __forceinline__ void copy_tile_vec(unsigned char* sk, unsigned char* 
                                               int head_dim, int lane, uint64_t policy) {
   if (src.rows_from_base()) {
     if (src.tile_full() && head_dim > Tr::kDpad - Tr::kElemsPerChunk) {
-      if constexpr (32 % Tr::Tile::kChunks == 0)
+      if constexpr (32 % Tr::Tile::kChunks == 0 || !Source::kPaged)
         copy_full_rows_vec<Tr, EVICT_FIRST>(sk, sv, src, c, lane, policy);
-      else if constexpr (!Source::kPaged)
-        copy_full_rows_vec_wrapping<Tr, EVICT_FIRST>(sk, sv, src, c, lane, policy);
       else
         copy_rows_vec<Tr, EVICT_FIRST, true, true>(sk, sv, src, c, head_dim, lane, policy);
     } else
