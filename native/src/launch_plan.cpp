@@ -40,6 +40,10 @@ constexpr int64_t kShortCallKvBytes = 4 << 20;
 // Keys per CTA prefetched into L2 before the PDL wait (see decide_launch).
 constexpr int kPrefetchKeys = 32;
 
+// K and V bytes a split CTA streams from which the 8-warp kernel beats the
+// 4-warp one on a one-wave grid (see decide_launch).
+constexpr int64_t kWideSplitCtaKvBytes = int64_t{2} << 20;
+
 // How many split CTAs an SM should hold (0: as many as fit). Measured on H100
 // and H200 (docs/RESULTS.md) with D = 64, where four fit: four per SM is never
 // best; three is best for 2048 CTAs on 132 SMs (5.2 waves), but 512 CTAs run
@@ -158,14 +162,27 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   //   of 4): 1.4-1.6% faster on 32/8 B16 K4096 and 32/32 B4 K4096. Not split
   //   grids (32/8 B1 K4096 13% slower: fewer keys per warp), not D = 96 (1.6%
   //   slower), and not short calls, whose next grid gains more from sharing
-  //   the SMs early (see below).
+  //   the SMs early (see below);
+  // - 16-bit D = 128 split grids of one wave on a contiguous cache whose CTAs
+  //   each stream at least kWideSplitCtaKvBytes (the 64k- to 1M-token single
+  //   sequences; H200, docs/RESULTS.md): 0.5-1.5% faster at 2-8 MB per CTA, a
+  //   tie at 1 MB, and 1-17% slower under 512 KB, where the 8 warps' combine
+  //   of the CTA's partial is a fixed cost that few tiles do not amortise.
+  //   Not in page pools (0.4-1.7% slower at 2-4 MB per CTA, page 16), nor
+  //   fp8, whose split grids run two CTAs per SM.
   // Batch-invariant mode keeps one kernel whatever the batch.
   const bool one_wave = units * s <= d.dev.num_sms;
   const int bucket = cell.head_dim;
   const bool wide_one_wave = one_wave && bucket == 128 && d.dev.cell.wide_ctas_per_sm == 1 &&
                              kv_bytes(p) > kShortCallKvBytes && tune.wide != 1;
+  const int64_t kv_bytes_per_cta =
+      2 * kv_elem_bytes(p) * static_cast<int64_t>(d.split.chunk_len) * p.c.head_dim;
+  const bool wide_long_splits = s > 1 && one_wave && bucket == 128 && kv_elem_bytes(p) == 2 &&
+                                !is_paged(p) && d.dev.cell.wide_ctas_per_sm == 1 &&
+                                kv_bytes_per_cta >= kWideSplitCtaKvBytes && tune.wide != 1;
   d.wide = d.vec && cell.wide && d.dev.cell.wide_ctas_per_sm > 0 && !batch_invariant(p) &&
-           s == 1 && tune.wide != 0 && (tune.wide == 2 || bucket == 64 || wide_one_wave);
+           tune.wide != 0 &&
+           ((s == 1 && (tune.wide == 2 || bucket == 64 || wide_one_wave)) || wide_long_splits);
   if (d.wide) d.max_ctas_per_sm = 0;
   // Keys as the mma's M (kv_element_km.cuh) halves the mma, accumulator and
   // score registers per tile of CTAs of up to 8 query heads. It pays where the

@@ -368,15 +368,27 @@ void check_launch(const fd::Problem& pr, long launches_before) {
     FUZZ_CHECK(s.pad_smem_bytes <= fdfuzz::kFakeSmemPerBlock, "pad %d past the opt-in limit",
                s.pad_smem_bytes);
   }
-  // The wide split kernel: vectorised, one split, no merge, no padding, never
-  // in batch-invariant mode, and only in cells that have it where the device
-  // can run it.
-  if (s.wide)
-    FUZZ_CHECK(s.vec && kc.wide && d.num_splits == 1 && !d.write_partials &&
-                   s.pad_smem_bytes == 0 && !fd::batch_invariant(pr) &&
+  // The wide kernel: vectorised, no padding, never in batch-invariant mode,
+  // and only in cells that have it where the device can run it. Split, only
+  // for a 16-bit D = 128 grid of one wave on a contiguous cache, alone on its
+  // SMs, whose CTAs each stream at least 2 MB of K and V.
+  if (s.wide) {
+    FUZZ_CHECK(s.vec && kc.wide && s.pad_smem_bytes == 0 && !fd::batch_invariant(pr) &&
                    fdfuzz::g_device.wide_ctas_per_sm > 0,
                "wide kernel with vec %d, %d splits, pad %d", int(s.vec), d.num_splits,
                s.pad_smem_bytes);
+    if (d.num_splits > 1) {
+      const int64_t ctas = int64_t{a.batch_size} * a.num_kv_heads * s.head_blocks * d.num_splits;
+      const int64_t cta_bytes = 2 * int64_t{fd::kv_elem_bytes(pr)} * d.chunk_len * a.head_dim;
+      FUZZ_CHECK(kc.head_dim == 128 && fd::kv_elem_bytes(pr) == 2 && !fd::is_paged(pr) &&
+                     ctas <= fdfuzz::g_device.num_sms && fdfuzz::g_device.wide_ctas_per_sm == 1 &&
+                     cta_bytes >= (int64_t{2} << 20) && d.write_partials,
+                 "wide split kernel: D bucket %d, %d-byte KV, %lld CTAs on %d SMs, %d wide "
+                 "per SM, %lld bytes per CTA",
+                 kc.head_dim, fd::kv_elem_bytes(pr), (long long)ctas, fdfuzz::g_device.num_sms,
+                 fdfuzz::g_device.wide_ctas_per_sm, (long long)cta_bytes);
+    }
+  }
   // The keys-as-M kernels hold at most kKeysAsMMaxHeads query heads per CTA
   // (the mma's N); batch-invariant mode takes them wherever they fit, so that
   // its kernel depends on neither the batch nor the cache length.
@@ -531,6 +543,10 @@ void check_measured_decisions() {
       {1, 16, 16, 4096, 64, 4, 2},    // D = 64 split: narrow kernel, 256 CTAs, two per SM
       {2, 32, 32, 4096, 128, 2, 0},   // 256 CTAs, two per SM: what fits
       {4, 32, 32, 4096, 128, 2, -1},  // 128 units: one CTA each, one wave: wide
+      {1, 32, 8, 262144, 128, 2, -1},   // one-wave split grid, 8 MB per CTA: wide
+      {1, 8, 1, 1048576, 128, 2, -1},   // ... 4 MB per CTA (132 splits): wide
+      {1, 32, 8, 32768, 128, 2, 1},     // ... 1 MB per CTA: 4 warps, kept apart
+      {1, 8, 1, 1048576, 128, 2, 1, 2},  // ... not where two wide CTAs would share an SM
   };
   const fdfuzz::FakeDevice saved = fdfuzz::g_device;
   for (const Case& c : cases) {

@@ -1,8 +1,8 @@
 """Decodes through the C ABI for compute-sanitizer (scripts/sanitize.sh), one
 case per kernel path: the contiguous vectorised and element-load kernels, the
-wide 8-warp kernel, split + merge, batch-invariant, head_dim 7 / 72 / 256,
-paged caches (pages of 1, 16, 17 and 32 keys, NHD and HND pools, shuffled
-ids; one-page tiles in the heads-as-M and keys-as-M kernels),
+wide 8-warp kernel (unsplit and split), split + merge, batch-invariant,
+head_dim 7 / 72 / 256, paged caches (pages of 1, 16, 17 and 32 keys, NHD and
+HND pools, shuffled ids; one-page tiles in the heads-as-M and keys-as-M kernels),
 fp8 e4m3 / e5m2 caches (contiguous and paged, per-tensor and per-head scales,
 groups of up to 8 and over 8),
 sink tokens under a window, ALiBi, soft-cap, sink logits, LSE, an out-of-pool
@@ -70,6 +70,9 @@ CASES = [
     Case("d256_split", 1, 16, 8, 8192, 256, split=True),
     Case("wide_8_warps", 32, 16, 16, 1024, 64, warps=8, split=False),
     Case("split_merge", 1, 32, 8, 4096, 128, dtype=torch.float16, split=True),
+    # One wave of 16-bit D = 128 split CTAs streaming over 2 MB each: the 8-warp
+    # kernel writes the partials (131 chunks of 4608 keys, the last of 961).
+    Case("wide_split_8_warps", 1, 1, 1, 600001, 128, warps=8, split=True),
     Case("batch_invariant", 3, 16, 4, 1500, 128, invariant=True, lens=ragged(3, 1500)),
     Case("k0", 2, 8, 8, 0, 128, dtype=torch.float16),
     Case("paged_page1_nhd", 3, 8, 2, 300, 64, layout="paged-nhd", page=1, lens=ragged(3, 300)),
