@@ -160,15 +160,15 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   //   K1024, while D = 128 grids of several waves lose 0-2%;
   // - D = 128 grids of one wave (one CTA per SM either way, 8 warps instead
   //   of 4): 1.4-1.6% faster on 32/8 B16 K4096 and 32/32 B4 K4096. Not split
-  //   grids (32/8 B1 K4096 13% slower: fewer keys per warp), not D = 96 (1.6%
-  //   slower), and not short calls, whose next grid gains more from sharing
-  //   the SMs early (see below);
+  //   grids of short chunks (32/8 B1 K4096 13% slower: fewer keys per warp;
+  //   long ones below), not D = 96 (1.6% slower), and not short calls, whose
+  //   next grid gains more from sharing the SMs early (see below);
   // - 16-bit D = 128 split grids of one wave on a contiguous cache whose CTAs
-  //   each stream at least kWideSplitCtaKvBytes (the 64k- to 1M-token single
-  //   sequences; H200, docs/RESULTS.md): 0.5-1.5% faster at 2-8 MB per CTA, a
-  //   tie at 1 MB, and 1-17% slower under 512 KB, where the 8 warps' combine
+  //   each stream at least kWideSplitCtaKvBytes (single sequences from about
+  //   64k keys; H200, docs/RESULTS.md): 0.5-1.6% faster at 2-8 MiB per CTA, a
+  //   tie at 1 MiB, and 1-17% slower under 512 KB, where the 8 warps' combine
   //   of the CTA's partial is a fixed cost that few tiles do not amortise.
-  //   Not in page pools (0.4-1.7% slower at 2-4 MB per CTA, page 16), nor
+  //   Not in page pools (0.3-1.8% slower at 2-8 MiB per CTA, page 16), nor
   //   fp8, whose split grids run two CTAs per SM.
   // Batch-invariant mode keeps one kernel whatever the batch.
   const bool one_wave = units * s <= d.dev.num_sms;

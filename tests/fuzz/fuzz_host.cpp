@@ -371,7 +371,7 @@ void check_launch(const fd::Problem& pr, long launches_before) {
   // The wide kernel: vectorised, no padding, never in batch-invariant mode,
   // and only in cells that have it where the device can run it. Split, only
   // for a 16-bit D = 128 grid of one wave on a contiguous cache, alone on its
-  // SMs, whose CTAs each stream at least 2 MB of K and V.
+  // SMs, whose CTAs each stream at least 2 MiB of K and V.
   if (s.wide) {
     FUZZ_CHECK(s.vec && kc.wide && s.pad_smem_bytes == 0 && !fd::batch_invariant(pr) &&
                    fdfuzz::g_device.wide_ctas_per_sm > 0,

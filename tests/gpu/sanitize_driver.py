@@ -70,7 +70,7 @@ CASES = [
     Case("d256_split", 1, 16, 8, 8192, 256, split=True),
     Case("wide_8_warps", 32, 16, 16, 1024, 64, warps=8, split=False),
     Case("split_merge", 1, 32, 8, 4096, 128, dtype=torch.float16, split=True),
-    # One wave of 16-bit D = 128 split CTAs streaming over 2 MB each: the 8-warp
+    # One wave of 16-bit D = 128 split CTAs streaming over 2 MiB each: the 8-warp
     # kernel writes the partials (131 chunks of 4608 keys, the last of 961).
     Case("wide_split_8_warps", 1, 1, 1, 600001, 128, warps=8, split=True),
     Case("batch_invariant", 3, 16, 4, 1500, 128, invariant=True, lens=ragged(3, 1500)),
