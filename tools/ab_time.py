@@ -11,7 +11,8 @@ A shape is B,Hq,Hkv,K,D with optional suffixes joined by ':': pagedN (a page
 pool of page size N, NHD, pages shuffled), e4m3 / e5m2 (fp8 KV, bf16 q),
 ragged (per-sequence lengths spread from K/32 to K), f16 (q and KV f16), capN
 (logit soft-cap N, as Gemma-2's 50), alibi (ALiBi slopes of a 2^(-8h/Hq) series),
-hnd (the page pool [pages, Hkv, N, D] instead of NHD), ordered (the block table
+hnd (the page pool [pages, Hkv, N, D] instead of NHD), nhd (a contiguous cache
+[B, K, Hkv, D] instead of [B, Hkv, K, D]), ordered (the block table
 lists the pool's pages in order instead of shuffled), sep (a one-element kernel
 after every call, its own time subtracted: each call starts after the previous
 one has finished, as between two layers of a model, instead of overlapping it).
@@ -36,7 +37,7 @@ def parse_shape(text):
     head, *mods = text.split(":")
     b, hq, hkv, k, d = (int(x) for x in head.split(","))
     spec = dict(B=b, Hq=hq, Hkv=hkv, K=k, D=d, page=0, kv=None, ragged=False, dtype="bf16",
-                cap=0.0, alibi=False, hnd=False, ordered=False, sep=False)
+                cap=0.0, alibi=False, hnd=False, nhd=False, ordered=False, sep=False)
     for m in mods:
         if m.startswith("paged"):
             spec["page"] = int(m[5:])
@@ -48,7 +49,7 @@ def parse_shape(text):
             spec["dtype"] = "f16"
         elif m.startswith("cap"):
             spec["cap"] = float(m[3:])
-        elif m in ("alibi", "hnd", "ordered", "sep"):
+        elif m in ("alibi", "hnd", "nhd", "ordered", "sep"):
             spec[m] = True
         else:
             raise SystemExit(f"unknown shape suffix {m!r} in {text!r}")
@@ -96,6 +97,10 @@ def time_one(spec, repeats):
                      torch.randperm(pages, generator=g, device="cuda"))
             table = order.to(torch.int32).reshape(B, mp)
             reps.append((kp, vp, table, mp, pages))
+        elif spec["nhd"]:  # [B, K, Hkv, D], viewed as [B, Hkv, K, D]
+            k = torch.randn(B, K, Hkv, D, generator=g, device="cuda").to(kvt).transpose(1, 2)
+            v = torch.randn(B, K, Hkv, D, generator=g, device="cuda").to(kvt).transpose(1, 2)
+            reps.append((k, v))
         else:
             k = torch.randn(B, Hkv, K, D, generator=g, device="cuda").to(kvt)
             v = torch.randn(B, Hkv, K, D, generator=g, device="cuda").to(kvt)
@@ -119,9 +124,9 @@ def time_one(spec, repeats):
         else:
             k, v = reps[r]
             p.k, p.v = k.data_ptr(), v.data_ptr()
-            p.k_stride_b = p.v_stride_b = Hkv * K * D
-            p.k_stride_h = p.v_stride_h = K * D
-            p.k_stride_k = p.v_stride_k = D
+            p.k_stride_b = p.v_stride_b = k.stride(0)
+            p.k_stride_h = p.v_stride_h = k.stride(1)
+            p.k_stride_k = p.v_stride_k = k.stride(2)
         if spec["kv"]:
             p.kv_dtype = F.FP8_E4M3 if spec["kv"] == "e4m3" else F.FP8_E5M2
         if lens is not None:
