@@ -97,13 +97,13 @@ def time_one(spec, repeats):
                      torch.randperm(pages, generator=g, device="cuda"))
             table = order.to(torch.int32).reshape(B, mp)
             reps.append((kp, vp, table, mp, pages))
-        elif spec["nhd"]:  # [B, K, Hkv, D], viewed as [B, Hkv, K, D]
-            k = torch.randn(B, K, Hkv, D, generator=g, device="cuda").to(kvt).transpose(1, 2)
-            v = torch.randn(B, K, Hkv, D, generator=g, device="cuda").to(kvt).transpose(1, 2)
-            reps.append((k, v))
         else:
-            k = torch.randn(B, Hkv, K, D, generator=g, device="cuda").to(kvt)
-            v = torch.randn(B, Hkv, K, D, generator=g, device="cuda").to(kvt)
+            # [B, Hkv, K, D], or a [B, K, Hkv, D] (NHD) cache viewed as one.
+            shape = (B, K, Hkv, D) if spec["nhd"] else (B, Hkv, K, D)
+            k = torch.randn(*shape, generator=g, device="cuda").to(kvt)
+            v = torch.randn(*shape, generator=g, device="cuda").to(kvt)
+            if spec["nhd"]:
+                k, v = k.transpose(1, 2), v.transpose(1, 2)
             reps.append((k, v))
     scale = D ** -0.5
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
