@@ -19,6 +19,10 @@ struct CellFacts {
   bool km_pairs = false;
   int pair_ctas_per_sm = 0;       // of the 4-warp paired kernel; 0: cannot run
   int wide_pair_ctas_per_sm = 0;  // of the 8-warp one (wide cells only)
+  // Paged vec cells with PagedTilesWarmKv kernels of 4 (and 8) warps: those
+  // take their block-table scratch at the occupancy their twins have without.
+  bool table_warmup = false;
+  bool wide_table_warmup = false;
 };
 
 // How one launch is shaped (host side only; the kernels read DecodeArgs).
@@ -31,6 +35,7 @@ struct LaunchShape {
   int head_blocks = 1;
   int pad_smem_bytes = 0;  // > 0: pad dynamic shared memory to this many bytes
   int smem_limit = 0;      // CellFacts::smem_limit
+  bool table_warmup = false;  // whole tiles: the PagedTilesWarmKv kernels (vec only)
 };
 
 struct KernelCell {

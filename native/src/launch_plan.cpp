@@ -44,6 +44,10 @@ constexpr int kPrefetchKeys = 32;
 // 4-warp one on a one-wave grid (see decide_launch).
 constexpr int64_t kWideSplitCtaKvBytes = int64_t{2} << 20;
 
+// Fewest tiles per warp of a split for the warm-up: under it the lookups
+// are few and the copies are a fixed cost in the prologue.
+constexpr int kTableWarmupWarpTiles = 16;
+
 // How many split CTAs an SM should hold (0: as many as fit). Measured on H100
 // and H200 (docs/RESULTS.md) with D = 64, where four fit: four per SM is never
 // best; three is best for 2048 CTAs on 132 SMs (5.2 waves), but 512 CTAs run
@@ -217,6 +221,26 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   // K = 512, whose lines the pre-wait prefetch has just brought in.
   d.kv_evict_first = d.vec && (tune.evict_first >= 0 ? tune.evict_first != 0
                                                      : kv_bytes(p) > kShortCallKvBytes);
+  // Whole-tile pools of small pages: the kernels that warm their block-table
+  // lines in L1 ahead of the lookups (PagedTilesWarmKv, mainloop.cuh), on
+  // one-wave grids of one CTA per sequence and KV head, or of one sequence,
+  // whose warps take 16 tiles or more, where the pages of one step of the
+  // CTA's warps hold at most kTableWarmupStepBytes. H200 (docs/RESULTS.md):
+  // 2-15% faster on D = 64, 96 and fp8 D = 128 pools of page 16, uniform,
+  // ragged and isolated calls alike; single sequences of 32k-1M keys 0.2-2.4%
+  // (16k: -0.4 to +1.3%). The 8-warp 16-bit D = 128 kernels (32 KB per step)
+  // gain 1% on uniform batches but lose 4-7% on ragged ones and 5-10% on
+  // isolated calls of 12/40/8 B12 K6000; grids split over several sequences
+  // lose up to 0.6%.
+  const bool warm_room = d.wide ? d.dev.cell.wide_table_warmup : d.dev.cell.table_warmup;
+  if (d.vec && whole_tile_pages(p, d.split.chunk_len) && warm_room) {
+    const int warps = d.wide ? kWideWarpsPerCta : kWarpsPerCta;
+    const int64_t page_bytes = static_cast<int64_t>(p.c.page_size) * p.c.head_dim * kv_elem_bytes(p);
+    const bool rule = one_wave && (s == 1 || p.c.batch_size == 1) &&
+                      warps * page_bytes <= kTableWarmupStepBytes &&
+                      d.split.chunk_len >= kTileKeys * kTableWarmupWarpTiles * warps;
+    d.table_warmup = tune.table_warmup >= 0 ? tune.table_warmup != 0 : rule;
+  }
   return FD_STATUS_SUCCESS;
 }
 
@@ -271,6 +295,7 @@ LaunchShape make_launch_shape(const Problem& p, const LaunchDecision& d) {
   s.head_blocks = head_blocks(p);
   s.pad_smem_bytes = smem_pad_bytes(d);
   s.smem_limit = d.dev.cell.smem_limit;
+  s.table_warmup = d.table_warmup;
   return s;
 }
 

@@ -36,6 +36,7 @@ struct LaunchDecision {
   bool merge_early_trigger = false;  // the merge releases the next grid before its wait
   int prefetch_keys = 0;  // per CTA, into L2 before the PDL wait
   bool kv_evict_first = false;  // K/V copies under an evict-first L2 policy
+  bool table_warmup = false;    // whole tiles: the kernels that warm block-table lines
 };
 
 // Checks (all rules with full_checks, else problem + strides) and decides.

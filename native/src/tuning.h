@@ -15,6 +15,7 @@ struct Tuning {
   int prefetch_keys = -1;   // >= 0: keys per CTA prefetched before the PDL wait
   int evict_first = -1;     // 0 / 1: K/V copies never / always evict-first in L2
   int keys_as_m = -1;       // 0 / 1: never / always the keys-as-M kernels (where they can run)
+  int table_warmup = -1;    // 0 / 1: never / always warm block-table lines (whole-tile pools)
 };
 
 const Tuning& tuning();

@@ -8,7 +8,9 @@
 #include "fake_launch.h"
 
 #include <cstdint>
+#include <cstring>
 
+#include "cta_shape.h"
 #include "kernel_table.h"
 #include "launch_plan.h"
 #include "merge_states.h"
@@ -40,6 +42,14 @@ namespace fd {
     out->wide_pair_ctas_per_sm = !out->km_pairs         ? 0                                 \
                                  : g.wide_pair_ctas_per_sm >= 0 ? g.wide_pair_ctas_per_sm   \
                                                                 : out->wide_ctas_per_sm;    \
+    /* The warm-table kernels: paged cells whose 16-key pages, one per warp, hold      \
+       at most kTableWarmupStepBytes (launch_cell.cuh's warm_tables<W>()). */               \
+    const int64_t page16_ = int64_t{kTileKeys} * (DPAD) *                                   \
+        (((KVDT) == FD_DTYPE_FP8_E4M3 || (KVDT) == FD_DTYPE_FP8_E5M2) ? 1 : 2);             \
+    const bool warm_ = vec && g.table_warmup && std::strstr(#TAG, "_paged") != nullptr;     \
+    out->table_warmup = warm_ && kWarpsPerCta * page16_ <= kTableWarmupStepBytes;           \
+    out->wide_table_warmup = warm_ && (WIDE) && out->wide_ctas_per_sm > 0 &&                \
+                             kWideWarpsPerCta * page16_ <= kTableWarmupStepBytes;           \
     return 0; /* cudaSuccess */                                                             \
   }                                                                                         \
   int launch_##TAG(const DecodeArgs& a, const LaunchShape& s, void* stream) {               \

@@ -27,6 +27,10 @@ struct FakeDevice {
   // (CellFacts::km_pairs); -1: as the plain 4-warp / 8-warp kernels.
   int pair_ctas_per_sm = -1;
   int wide_pair_ctas_per_sm = -1;
+  // Whether the paged cells' PagedTilesWarmKv kernels fit with their
+  // block-table scratch (CellFacts::table_warmup, wide_table_warmup), where
+  // the cell has them.
+  bool table_warmup = true;
 };
 extern FakeDevice g_device;
 

@@ -398,6 +398,23 @@ void check_launch(const fd::Problem& pr, long launches_before) {
   if (fd::batch_invariant(pr))
     FUZZ_CHECK(s.keys_as_m == km_fits, "batch-invariant run: keys-as-M %d where it fits %d",
                int(s.keys_as_m), int(km_fits));
+  // The warm-table kernels: whole-tile pages of at most kTableWarmupStepBytes
+  // per step of the CTA's warps, in a cell the device holds them for (its
+  // bucket within the same bound), on a one-wave grid.
+  if (s.table_warmup) {
+    const int64_t ctas = int64_t{a.batch_size} * a.num_kv_heads * s.head_blocks * d.num_splits;
+    const int64_t warps = s.wide ? fd::kWideWarpsPerCta : fd::kWarpsPerCta;
+    const int64_t page_bytes = int64_t{a.page_size} * a.head_dim * fd::kv_elem_bytes(pr);
+    FUZZ_CHECK(s.vec && s.whole_tiles && fdfuzz::g_device.table_warmup &&
+                   warps * page_bytes <= fd::kTableWarmupStepBytes &&
+                   warps * fd::kTileKeys * kc.head_dim * fd::kv_elem_bytes(pr) <=
+                       fd::kTableWarmupStepBytes &&
+                   ctas <= fdfuzz::g_device.num_sms,
+               "warm-table kernels: vec %d, whole tiles %d, %lld warps, %lld-byte pages, D "
+               "bucket %d, %lld CTAs on %d SMs",
+               int(s.vec), int(s.whole_tiles), (long long)warps, (long long)page_bytes,
+               kc.head_dim, (long long)ctas, fdfuzz::g_device.num_sms);
+  }
   if (fd::batch_invariant(pr) && a.k_len > 0)
     FUZZ_CHECK(d.write_partials, "batch-invariant run skips the merge");
   if (d.write_partials) {
@@ -707,6 +724,69 @@ void check_whole_tile_pages() {
   }
 }
 
+// The kernels that warm their block-table lines (docs/RESULTS.md): on whole-
+// tile pages of which one step of the CTA's warps holds at most 16 KB per KV
+// head, one-wave grids of one CTA per sequence and KV head, or of one
+// sequence, whose warps take 16 tiles or more; not where the cell's kernels
+// have no room for their scratch.
+void check_measured_table_warmup() {
+  constexpr int32_t E4M3 = FD_DTYPE_FP8_E4M3;
+  struct Case {
+    const char* what;
+    int b, hq, hkv, k_len, d;
+    int32_t kv;  // 0: the q type
+    int page, window;
+    bool room;  // CellFacts::table_warmup, wide_table_warmup
+    bool warm;
+  } cases[] = {
+      {"D96 MHA page 16 (4 warps, 12 KB)", 4, 32, 32, 4096, 96, 0, 16, 0, true, true},
+      {"D64 page 16 (8 warps, 16 KB)", 16, 64, 8, 8192, 64, 0, 16, 0, true, true},
+      {"fp8 page 16 (8 warps, 16 KB)", 16, 32, 8, 4096, 128, E4M3, 16, 0, true, true},
+      {"B1 K32768 split page 16 (4 warps)", 1, 32, 8, 32768, 128, 0, 16, 0, true, true},
+      {"B1 8/1 K1M split page 16", 1, 8, 1, 1048576, 128, 0, 16, 0, true, true},
+      {"B1 K16384 split page 16", 1, 32, 8, 16384, 128, 0, 16, 0, true, true},
+      {"no room for the scratch", 4, 32, 32, 4096, 96, 0, 16, 0, false, false},
+      {"D128 16-bit, 8 warps (32 KB)", 16, 32, 8, 4096, 128, 0, 16, 0, true, false},
+      {"fp8 page 32, 8 warps (32 KB)", 16, 32, 8, 4096, 128, E4M3, 32, 0, true, false},
+      {"B1 split page 32 (32 KB)", 1, 32, 8, 32768, 128, 0, 32, 0, true, false},
+      {"D96 page 64", 4, 32, 32, 4096, 96, 0, 64, 0, true, false},
+      {"D256 page 16", 16, 32, 2, 4096, 256, 0, 16, 0, true, false},
+      {"several waves", 64, 64, 8, 2048, 64, 0, 16, 0, true, false},
+      {"B4 split", 4, 32, 8, 16384, 128, 0, 16, 0, true, false},
+      {"short chunks", 1, 32, 8, 512, 128, 0, 16, 0, true, false},
+      {"per-key pages (window)", 4, 32, 32, 4096, 96, 0, 16, 128, true, false},
+      {"per-key pages (page 8)", 4, 32, 32, 4096, 96, 0, 8, 0, true, false},
+      {"contiguous", 4, 32, 32, 4096, 96, 0, 0, 0, true, false},
+  };
+  for (const Case& c : cases) {
+    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
+    if (c.kv != 0) {
+      q.dtype = FD_DTYPE_BF16;
+      q.kv_dtype = c.kv;
+    }
+    if (c.page > 0) {
+      make_paged(&q, c.page);
+      q.window_size = c.window;
+    }
+    const fdfuzz::FakeDevice saved = fdfuzz::g_device;
+    fdfuzz::g_device = fdfuzz::FakeDevice{};
+    fdfuzz::g_device.ctas_per_sm = 2;
+    fdfuzz::g_device.table_warmup = c.room;
+    fd::Problem p;
+    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "%s: %s", c.what,
+               fd_last_error_message());
+    fd::LaunchDecision dec;
+    FUZZ_CHECK(fd::decide_launch(p, true, &dec) == FD_STATUS_SUCCESS, "%s: %s", c.what,
+               fd_last_error_message());
+    fdfuzz::g_device = saved;
+    const fd::LaunchShape s = fd::make_launch_shape(p, dec);
+    FUZZ_CHECK(dec.table_warmup == c.warm && s.table_warmup == c.warm,
+               "%s (%d splits of %d keys, wide %d): warm-table kernels %d, expected %d", c.what,
+               dec.split.num_splits, dec.split.chunk_len, int(dec.wide), int(s.table_warmup),
+               int(c.warm));
+  }
+}
+
 // The paired fp8 D = 128 keys-as-M kernels have a ring and an occupancy of
 // their own (CellFacts::km_pairs): a plan for a problem one of them runs (a
 // contiguous cache, whole-tile pages) is made with it; per-key pages, other
@@ -777,6 +857,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   check_measured_splits();
   check_measured_keys_as_m();
   check_whole_tile_pages();
+  check_measured_table_warmup();
   check_paired_fp8_facts();
   return 0;
 }

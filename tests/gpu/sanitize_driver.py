@@ -110,6 +110,16 @@ CASES = [
     # fp8 at D = 128 on whole-tile pages: the paired kernel meets the bad id.
     Case("fp8_out_of_pool_page_pairs", 3, 16, 4, 2000, 128, layout="paged-nhd", page=16,
          kv="e4m3", scales="tensor", bad_page=True),
+    # The kernels that warm their block-table lines (one wave of 132 SMs): long
+    # warp streams (several 32-tile windows), ragged lengths down to 0, a bad id.
+    Case("paged_warm_table_8_warps", 66, 4, 2, 8400, 64, layout="paged-nhd", page=16,
+         lens=ragged(66, 8400), bad_page=True, warps=8, split=False),
+    Case("fp8_paged_warm_table_pairs", 66, 8, 2, 8400, 128, layout="paged-hnd", page=16,
+         kv="e4m3", scales="head", lens=ragged(66, 8400), bad_page=True, warps=8, split=False),
+    Case("paged_warm_table_d96_keys_as_m", 4, 32, 32, 3000, 96, dtype=torch.float16,
+         layout="paged-nhd", page=16, lens=ragged(4, 3000), warps=4, split=False),
+    Case("paged_warm_table_split", 1, 16, 4, 50000, 128, layout="paged-hnd", page=16,
+         warps=4, split=True),
 ]
 
 

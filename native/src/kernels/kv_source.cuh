@@ -5,14 +5,18 @@
 //   PagedKv       a page pool and a block table: page = table[b][j / page_size],
 //                 row j % page_size of that page
 //   PagedTilesKv  the same for pools whose every 16-key tile lies in one page
+//   PagedTilesWarmKv  PagedTilesKv that warms its block-table lines in L1
 //
-// Both present the same interface to the mainloop:
+// Each presents the same interface to the mainloop:
 //   length(raw)            a sequence's length from seq_lens[b] (device data)
 //   fetch(key0, end, lane) start looking up the rows of the next tile to load
 //   take(key0, end, lane)  that tile becomes the current one
 //   row(c, r, &k, &v)      addresses of row r of the current tile; false past
 //                          the tile's end
 //   prefetch(...)          L2 prefetch of a CTA's first rows before the PDL wait
+//   kWarmsTable, warm_entry(key0, dst)
+//                          a source whose lookups read a block table can bring
+//                          the table line of tile key0's entry into L1 ahead
 //   bad                    a page id or a length outside what the caller
 //                          described was seen: the CTA's rows become NaN
 #pragma once
@@ -37,6 +41,8 @@ struct KvStorage {
 
 struct ContiguousKv {
   static constexpr bool kPaged = false;
+  static constexpr bool kWarmsTable = false;
+  __device__ __forceinline__ void warm_entry(int, void*) const {}
   const unsigned char* k;  // this (sequence, KV head)'s first row
   const unsigned char* v;
   int key0 = 0, end = 0;   // the current tile
@@ -173,6 +179,8 @@ struct PagedPool {
 
 // Any page size, any tile alignment: each lane looks up one key of a tile.
 struct PagedKv : PagedPool {
+  static constexpr bool kWarmsTable = false;
+  __device__ __forceinline__ void warm_entry(int, void*) const {}
   __device__ __forceinline__ void prefetch_table(int, int) const {}
   // Lane l < 16 looks up key key0 + l of a tile: its page id and in-page row.
   int page = 0, slot = 0, key0 = 0, end = 0;
@@ -283,6 +291,8 @@ struct PagedTilesKv : PagedPool {
     tile_k = k + pg * k_page + slot * k_row;
     tile_v = v + pg * v_page + slot * v_row;
   }
+  static constexpr bool kWarmsTable = false;
+  __device__ __forceinline__ void warm_entry(int, void*) const {}
   static constexpr bool rows_from_base() { return true; }
   __device__ __forceinline__ bool tile_full() const { return key0 + kTileKeys <= end; }
   template <int KV_BYTES>
@@ -298,6 +308,20 @@ struct PagedTilesKv : PagedPool {
   __device__ __forceinline__ bool row(const fd_decode_params& c, int r, const unsigned char** kp,
                                       const unsigned char** vp) const {
     return row_in_base<KV_BYTES>(c, r, kp, vp);
+  }
+};
+
+// PagedTilesKv whose warps warm their block-table lines in L1 ahead of the
+// lookups (mainloop.cuh; the host picks it: LaunchShape::table_warmup). Its
+// own kernels, so the PagedTilesKv ones carry no trace of it.
+struct PagedTilesWarmKv : PagedTilesKv {
+  // Brings the table line holding the entry of the tile at key0_ into L1: a
+  // 4-byte asynchronous copy through L1 into `dst` (shared memory nothing
+  // reads), so that the lookup fetch() makes later hits L1. key0_ lies in the
+  // sequence, so the entry lies in the block-table row the caller described.
+  static constexpr bool kWarmsTable = true;
+  __device__ __forceinline__ void warm_entry(int key0_, void* dst) const {
+    ptx::cp_async_ca_4(dst, table + (key0_ >> page_shift));
   }
 };
 

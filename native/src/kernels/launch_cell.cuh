@@ -27,14 +27,28 @@ struct Cell {
   // tile lies in one page (PagedTilesKv; LaunchShape::whole_tiles): their
   // loop has no per-row lookup path. Elsewhere Tiles is the source itself.
   using Tiles = typename std::conditional<Source::kPaged, PagedTilesKv, Source>::type;
+  // Whole-tile kernels that warm their block-table lines (PagedTilesWarmKv;
+  // LaunchShape::table_warmup), for CTAs of W warps whose pages of 16 keys,
+  // one per warp, hold at most kTableWarmupStepBytes per KV head together.
+  // Elsewhere WarmTiles<W> is Tiles and nothing more is compiled.
+  template <int W>
+  static constexpr bool warm_tables() {
+    return Source::kPaged &&
+           int64_t{W} * kTileKeys * DPAD * Elem::kKvBytes <= kTableWarmupStepBytes;
+  }
+  template <int W>
+  using WarmTiles = typename std::conditional<warm_tables<W>(), PagedTilesWarmKv, Tiles>::type;
 
-  static constexpr auto kernel(bool vec, bool tiles = false) {
+  static constexpr auto kernel(bool vec, bool tiles = false, bool warm = false) {
     return !vec  ? &decode_kernel<Elem, DPAD, Source, false, 1, kWarpsPerCta>
-           : tiles ? &decode_kernel<Elem, DPAD, Tiles, true, kStages, kWarpsPerCta>
+           : tiles ? (warm ? &decode_kernel<Elem, DPAD, WarmTiles<kWarpsPerCta>, true, kStages, kWarpsPerCta>
+                           : &decode_kernel<Elem, DPAD, Tiles, true, kStages, kWarpsPerCta>)
                    : &decode_kernel<Elem, DPAD, Source, true, kStages, kWarpsPerCta>;
   }
-  static constexpr auto wide_kernel(bool tiles = false) {
-    return tiles ? &decode_kernel<Elem, DPAD, Tiles, true, kStages, kWideWarpsPerCta>
+  static constexpr auto wide_kernel(bool tiles = false, bool warm = false) {
+    return tiles ? (warm ? &decode_kernel<Elem, DPAD, WarmTiles<kWideWarpsPerCta>, true, kStages,
+                                          kWideWarpsPerCta>
+                         : &decode_kernel<Elem, DPAD, Tiles, true, kStages, kWideWarpsPerCta>)
                  : &decode_kernel<Elem, DPAD, Source, true, kStages, kWideWarpsPerCta>;
   }
   // The vectorised kernels with the keys as the mma's M (kv_element_km.cuh),
@@ -51,22 +65,31 @@ struct Cell {
   using WidePairTraits = KernelTraits<DPAD, Elem::kKvBytes, kWideWarpsPerCta, kPairRing>;
   // Whether the keys-as-M kernel of this source (whole tiles or not) is paired.
   static constexpr bool km_paired(bool tiles) { return kPairs && (!Source::kPaged || tiles); }
-  static constexpr auto kernel_km(bool tiles = false) {
+  static constexpr auto kernel_km(bool tiles = false, bool warm = false) {
     if constexpr (Source::kPaged)
-      return tiles ? &decode_kernel<Km, DPAD, Tiles, true, kPairRing, kWarpsPerCta>
+      return tiles ? (warm ? &decode_kernel<Km, DPAD, WarmTiles<kWarpsPerCta>, true, kPairRing, kWarpsPerCta>
+                           : &decode_kernel<Km, DPAD, Tiles, true, kPairRing, kWarpsPerCta>)
                    : &decode_kernel<Km, DPAD, Source, true, kStages, kWarpsPerCta>;
     else
       return &decode_kernel<Km, DPAD, Source, true, kPairRing, kWarpsPerCta>;
   }
-  static constexpr auto wide_kernel_km(bool tiles = false) {
+  static constexpr auto wide_kernel_km(bool tiles = false, bool warm = false) {
     if constexpr (Source::kPaged)
-      return tiles ? &decode_kernel<Km, DPAD, Tiles, true, kPairRing, kWideWarpsPerCta>
-                   : &decode_kernel<Km, DPAD, Source, true, kStages, kWideWarpsPerCta>;
+      return tiles
+                 ? (warm ? &decode_kernel<Km, DPAD, WarmTiles<kWideWarpsPerCta>, true, kPairRing,
+                                          kWideWarpsPerCta>
+                         : &decode_kernel<Km, DPAD, Tiles, true, kPairRing, kWideWarpsPerCta>)
+                 : &decode_kernel<Km, DPAD, Source, true, kStages, kWideWarpsPerCta>;
     else
       return &decode_kernel<Km, DPAD, Source, true, kPairRing, kWideWarpsPerCta>;
   }
   static constexpr size_t smem_bytes(bool vec) {
     return vec ? VecTraits::kSmemBytes : ElemTraits::kSmemBytes;
+  }
+  // The block-table scratch of a PagedTilesWarmKv kernel of `warps` warps:
+  // past its ring and epilogue.
+  static constexpr size_t table_scratch(int warps) {
+    return static_cast<size_t>(warps) * kTableScratchBytesPerWarp;
   }
 
   // Dynamic shared memory of a launch padded to `pad_bytes` (so that fewer CTAs
@@ -81,6 +104,70 @@ struct Cell {
   // planner may pad a launch to fewer CTAs per SM) and reports occupancy; a
   // kernel that needs more than the device gives a CTA reports 0 CTAs per SM.
   static int prepare(bool vec, int smem_optin, int pad_limit, CellFacts* out) {
+    const int e = prepare_kernels(vec, smem_optin, pad_limit, out);
+    if (e == cudaSuccess && vec && out->ctas_per_sm > 0) table_scratch_fits(smem_optin, out);
+    return e;
+  }
+
+  // Sets the PagedTilesWarmKv kernels' limits: what their PagedTilesKv twins
+  // may use plus the block-table scratch. The 4-warp ones (and the 8-warp
+  // ones) count as there (CellFacts::table_warmup, wide_table_warmup) when
+  // each of them the planner may launch here fits the device with it and runs
+  // as many CTAs per SM as its twin without it, the count the planner uses.
+  static void table_scratch_fits(int smem_optin, CellFacts* f) {
+    auto fits = [&](auto plain, auto warm, int warps, size_t base, int limit) {
+      const size_t need = base + table_scratch(warps);
+      const int raised = need > static_cast<size_t>(limit) ? static_cast<int>(need) : limit;
+      int without = 0, with = 0;
+      const bool ok =
+          need <= static_cast<size_t>(smem_optin) &&
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&without, plain, warps * 32, base) ==
+              cudaSuccess &&
+          cudaFuncSetAttribute(warm, cudaFuncAttributeMaxDynamicSharedMemorySize, raised) ==
+              cudaSuccess &&
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&with, warm, warps * 32, need) ==
+              cudaSuccess &&
+          with == without;
+      if (!ok) (void)cudaGetLastError();
+      return ok;
+    };
+    if constexpr (warm_tables<kWarpsPerCta>()) {
+      const size_t vneed = VecTraits::kSmemBytes;
+      bool ok = fits(kernel(true, true), kernel(true, true, true), kWarpsPerCta, vneed,
+                     f->smem_limit);
+      if (km_paired(true)) {
+        const size_t pneed = PairTraits::kSmemBytes;
+        const int plimit =
+            pneed > static_cast<size_t>(f->smem_limit) ? static_cast<int>(pneed) : f->smem_limit;
+        if (f->pair_ctas_per_sm > 0)
+          ok = ok && fits(kernel_km(true), kernel_km(true, true), kWarpsPerCta, pneed, plimit);
+      } else {
+        ok = ok &&
+             fits(kernel_km(true), kernel_km(true, true), kWarpsPerCta, vneed, f->smem_limit);
+      }
+      f->table_warmup = ok;
+    }
+    if constexpr (WIDE && warm_tables<kWideWarpsPerCta>()) {
+      if (f->wide_ctas_per_sm > 0) {
+        const size_t wneed = WideTraits::kSmemBytes;
+        const int wlimit = static_cast<int>(wneed);
+        bool ok =
+            fits(wide_kernel(true), wide_kernel(true, true), kWideWarpsPerCta, wneed, wlimit);
+        if (km_paired(true)) {
+          const size_t pneed = WidePairTraits::kSmemBytes;
+          if (f->wide_pair_ctas_per_sm > 0)
+            ok = ok && fits(wide_kernel_km(true), wide_kernel_km(true, true), kWideWarpsPerCta,
+                            pneed, static_cast<int>(pneed));
+        } else {
+          ok = ok && fits(wide_kernel_km(true), wide_kernel_km(true, true), kWideWarpsPerCta,
+                          wneed, wlimit);
+        }
+        f->wide_table_warmup = ok;
+      }
+    }
+  }
+
+  static int prepare_kernels(bool vec, int smem_optin, int pad_limit, CellFacts* out) {
     *out = CellFacts{};
     auto k = kernel(vec);
     const size_t need = smem_bytes(vec);
@@ -209,20 +296,24 @@ struct Cell {
     bool launched = false;
     const bool km = s.vec && s.keys_as_m && a.launch.group_size <= kKeysAsMMaxHeads;
     const bool tiles = Source::kPaged && s.vec && s.whole_tiles;
+    const bool warm = tiles && s.table_warmup;
     if constexpr (WIDE) {
       if (s.vec && s.wide) {
         cfg.blockDim = dim3(kWideWarpsPerCta * 32);
         cfg.dynamicSmemBytes =
-            km && km_paired(tiles) ? WidePairTraits::kSmemBytes : WideTraits::kSmemBytes;
-        e = cudaLaunchKernelEx(&cfg, km ? wide_kernel_km(tiles) : wide_kernel(tiles), a);
+            (km && km_paired(tiles) ? WidePairTraits::kSmemBytes : WideTraits::kSmemBytes) +
+            (warm ? table_scratch(kWideWarpsPerCta) : 0);
+        e = cudaLaunchKernelEx(&cfg, km ? wide_kernel_km(tiles, warm) : wide_kernel(tiles, warm),
+                               a);
         launched = true;
       }
     }
     if (!launched) {
       cfg.blockDim = dim3(kWarpsPerCta * 32);
-      const size_t base = km && km_paired(tiles) ? PairTraits::kSmemBytes : smem_bytes(s.vec);
+      const size_t base = (km && km_paired(tiles) ? PairTraits::kSmemBytes : smem_bytes(s.vec)) +
+                          (warm ? table_scratch(kWarpsPerCta) : 0);
       cfg.dynamicSmemBytes = launch_smem(base, s.pad_smem_bytes, s.smem_limit);
-      e = cudaLaunchKernelEx(&cfg, km ? kernel_km(tiles) : kernel(s.vec, tiles), a);
+      e = cudaLaunchKernelEx(&cfg, km ? kernel_km(tiles, warm) : kernel(s.vec, tiles, warm), a);
     }
     if (e != cudaSuccess || !a.launch.write_partials) return e;
     if constexpr (Elem::kFp8) {

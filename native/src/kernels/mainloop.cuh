@@ -223,6 +223,27 @@ __device__ __forceinline__ void run_mainloop(RowState<Elem::template acc_tiles<T
     }
     fetch(j + 1);
   };
+  // Block-table lines warmed in L1 (sources with kWarmsTable: the host picks
+  // them, LaunchShape::table_warmup). At page 16 a warp's tiles are WARPS table
+  // entries apart, so a 128-byte line holds the entries of its next 4 (8-warp
+  // CTAs) or 8 tiles, and the CTA's warps all ask for each new line at about
+  // the same time: the lookup made one tile ahead then waits on L2 (Nsight
+  // Compute, docs/RESULTS.md). Lane i copies the entry of the warp's tile
+  // j + i through L1 (a window of 32 tiles) 16 tiles before the window's
+  // first; window 0 in the loop's first step, after the prologue's copies.
+  // The words land in a scratch nothing reads (two windows of 32 words per
+  // warp past the kernel's ring and epilogue, which the launch adds to the
+  // dynamic shared memory): only the L1 lines matter.
+  constexpr bool kWarmTable = VEC && Source::kWarmsTable;
+  uint32_t* table_scratch = reinterpret_cast<uint32_t*>(smem + Tr::kSmemBytes) +
+                            warp * (kTableScratchBytesPerWarp / 4);
+  auto warm = [&](int j) {  // the window of this warp's tiles j .. j + 31
+    if (j + lane < my_tiles)
+      src.warm_entry(span.key0(tile_of(j + lane)), table_scratch + ((j >> 5) & 1) * 32 + lane);
+  };
+  // Window 0 at the loop's first step j = 0, window m at step 32 m - 16.
+  auto warm_due = [&](int j) { return kWarmTable && (j == 0 || (j & 31) == 16); };
+  auto warm_window = [&](int j) { return j == 0 ? 0 : j + 16; };
 
   // Kernels that take tiles in pairs (Elem::kPairTiles with a ring of
   // kPairStages) load STAGES - 2 tiles ahead; the others STAGES - 1.
@@ -268,6 +289,7 @@ __device__ __forceinline__ void run_mainloop(RowState<Elem::template acc_tiles<T
       ptx::cp_async_wait<STAGES - 4>();
       __syncwarp();
       if (j + STAGES - 2 < my_tiles) load(j + STAGES - 2);
+      if (warm_due(j)) warm(warm_window(j));
       ptx::cp_async_commit();
       const unsigned char* ska = ring + (j % STAGES) * Tile::kStageBytes;
       const unsigned char* skb = ring + ((j + 1) % STAGES) * Tile::kStageBytes;
@@ -298,6 +320,7 @@ __device__ __forceinline__ void run_mainloop(RowState<Elem::template acc_tiles<T
       __syncwarp();
       // Refill the slot every lane finished reading in the previous step.
       if (j + STAGES - 1 < my_tiles) load(j + STAGES - 1);
+      if (warm_due(j)) warm(warm_window(j));
       ptx::cp_async_commit();
     } else {
       load(j);

@@ -46,6 +46,13 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int sr
 #undef FD_CP_ASYNC_16
 #undef FD_CP_ASYNC_16_HINT
 
+// 4 bytes global -> shared through L1 (.ca): the line the word lies in stays
+// in L1, so later loads of its other words hit there.
+__device__ __forceinline__ void cp_async_ca_4(void* smem, const void* gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(smem)), "l"(gmem)
+               : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // An L2 policy under which the lines a load brings in are the first to go.
