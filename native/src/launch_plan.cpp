@@ -228,10 +228,10 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   // CTA's warps hold at most kTableWarmupStepBytes. H200 (docs/RESULTS.md):
   // 2-15% faster on D = 64, 96 and fp8 D = 128 pools of page 16, uniform,
   // ragged and isolated calls alike; single sequences of 32k-1M keys 0.2-2.4%
-  // (16k: -0.4 to +1.3%). The 8-warp 16-bit D = 128 kernels (32 KB per step)
-  // gain 1% on uniform batches but lose 4-7% on ragged ones and 5-10% on
-  // isolated calls of 12/40/8 B12 K6000; grids split over several sequences
-  // lose up to 0.6%.
+  // (16k keys: 0.987-1.004 of the time). The 8-warp 16-bit D = 128 kernels
+  // (32 KB per step) gain 1% on uniform batches but lose 4-7% on ragged ones
+  // and 5-10% on isolated calls of 40/8 B12 K6000; grids split over several
+  // sequences lose up to 0.6%.
   const bool warm_room = d.wide ? d.dev.cell.wide_table_warmup : d.dev.cell.table_warmup;
   if (d.vec && whole_tile_pages(p, d.split.chunk_len) && warm_room) {
     const int warps = d.wide ? kWideWarpsPerCta : kWarpsPerCta;
