@@ -724,6 +724,30 @@ void check_whole_tile_pages() {
   }
 }
 
+// The launch decision for a measured problem on the fake device `dev` (which
+// is restored after): kv 0 is the q type, else fp8 with bf16 q; page 0 is a
+// contiguous cache, else make_paged's pool with `window`.
+void decide_on(const fdfuzz::FakeDevice& dev, const char* what, int b, int hq, int hkv,
+               int k_len, int d, int32_t kv, int page, int window, fd::Problem* p,
+               fd::LaunchDecision* dec) {
+  fd_decode_params q = measured_params(b, hq, hkv, k_len, d);
+  if (kv != 0) {
+    q.dtype = FD_DTYPE_BF16;
+    q.kv_dtype = kv;
+  }
+  if (page > 0) {
+    make_paged(&q, page);
+    q.window_size = window;
+  }
+  const fdfuzz::FakeDevice saved = fdfuzz::g_device;
+  fdfuzz::g_device = dev;
+  FUZZ_CHECK(fd::problem_from_params(&q, p) == FD_STATUS_SUCCESS, "%s: %s", what,
+             fd_last_error_message());
+  FUZZ_CHECK(fd::decide_launch(*p, true, dec) == FD_STATUS_SUCCESS, "%s: %s", what,
+             fd_last_error_message());
+  fdfuzz::g_device = saved;
+}
+
 // The kernels that warm their block-table lines (docs/RESULTS.md): on whole-
 // tile pages of which one step of the CTA's warps holds at most 16 KB per KV
 // head, one-wave grids of one CTA per sequence and KV head, or of one
@@ -759,26 +783,12 @@ void check_measured_table_warmup() {
       {"contiguous", 4, 32, 32, 4096, 96, 0, 0, 0, true, false},
   };
   for (const Case& c : cases) {
-    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
-    if (c.kv != 0) {
-      q.dtype = FD_DTYPE_BF16;
-      q.kv_dtype = c.kv;
-    }
-    if (c.page > 0) {
-      make_paged(&q, c.page);
-      q.window_size = c.window;
-    }
-    const fdfuzz::FakeDevice saved = fdfuzz::g_device;
-    fdfuzz::g_device = fdfuzz::FakeDevice{};
-    fdfuzz::g_device.ctas_per_sm = 2;
-    fdfuzz::g_device.table_warmup = c.room;
+    fdfuzz::FakeDevice dev;
+    dev.ctas_per_sm = 2;
+    dev.table_warmup = c.room;
     fd::Problem p;
-    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "%s: %s", c.what,
-               fd_last_error_message());
     fd::LaunchDecision dec;
-    FUZZ_CHECK(fd::decide_launch(p, true, &dec) == FD_STATUS_SUCCESS, "%s: %s", c.what,
-               fd_last_error_message());
-    fdfuzz::g_device = saved;
+    decide_on(dev, c.what, c.b, c.hq, c.hkv, c.k_len, c.d, c.kv, c.page, c.window, &p, &dec);
     const fd::LaunchShape s = fd::make_launch_shape(p, dec);
     FUZZ_CHECK(dec.table_warmup == c.warm && s.table_warmup == c.warm,
                "%s (%d splits of %d keys, wide %d): warm-table kernels %d, expected %d", c.what,
@@ -815,28 +825,13 @@ void check_paired_fp8_facts() {
       {"e4m3, paired kernel cannot run", 32, 8, 128, E4M3, 0, 0, 0, 3, false},
   };
   for (const Case& c : cases) {
-    const int b = 1, k_len = 32768;
-    fd_decode_params q = measured_params(b, c.hq, c.hkv, k_len, c.d);
-    if (c.kv != 0) {
-      q.dtype = FD_DTYPE_BF16;
-      q.kv_dtype = c.kv;
-    }
-    if (c.page > 0) {
-      make_paged(&q, c.page);
-      q.window_size = c.window;
-    }
-    const fdfuzz::FakeDevice saved = fdfuzz::g_device;
-    fdfuzz::g_device = fdfuzz::FakeDevice{};
-    fdfuzz::g_device.ctas_per_sm = 3;
-    fdfuzz::g_device.pair_ctas_per_sm = c.pair_fit;
-    fdfuzz::g_device.wide_pair_ctas_per_sm = c.pair_fit;
+    fdfuzz::FakeDevice dev;
+    dev.ctas_per_sm = 3;
+    dev.pair_ctas_per_sm = c.pair_fit;
+    dev.wide_pair_ctas_per_sm = c.pair_fit;
     fd::Problem p;
-    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "%s: %s", c.what,
-               fd_last_error_message());
     fd::LaunchDecision dec;
-    FUZZ_CHECK(fd::decide_launch(p, true, &dec) == FD_STATUS_SUCCESS, "%s: %s", c.what,
-               fd_last_error_message());
-    fdfuzz::g_device = saved;
+    decide_on(dev, c.what, 1, c.hq, c.hkv, 32768, c.d, c.kv, c.page, c.window, &p, &dec);
     const fd::LaunchShape s = fd::make_launch_shape(p, dec);
     FUZZ_CHECK(dec.dev.cell.ctas_per_sm == c.fit && dec.keys_as_m == c.keys_as_m &&
                    s.keys_as_m == c.keys_as_m,
