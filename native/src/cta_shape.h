@@ -22,6 +22,9 @@ constexpr int kTableWarmupStepBytes = 16384;
 // Shared memory per warp of those kernels' block-table scratch (two windows
 // of 32 table words), past the ring.
 constexpr int kTableScratchBytesPerWarp = 256;
+// Unsplit grids of more CTAs than the SMs hold at once, with per-sequence
+// lengths, of at most this many sequences take them longest first (cta_order.cuh).
+constexpr int kLongestFirstMaxBatch = 256;
 // A split gives every warp of a CTA at least one tile.
 constexpr int kMinChunk = kTileKeys * kWarpsPerCta;
 

@@ -41,6 +41,10 @@ struct LaunchParams {
   int32_t q_bf16;
   // The caller's per-tensor fp8 scales with 0 read as 1.
   float k_scale, v_scale;
+  // CTA x of an unsplit grid takes the sequence of the (x / H_kv)-th longest
+  // length instead of sequence x / H_kv (cta_order.cuh): on a grid of several
+  // waves the long sequences start first, so no long CTA runs alone at the end.
+  int32_t longest_first;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
 };

@@ -37,6 +37,7 @@ struct LaunchDecision {
   int prefetch_keys = 0;  // per CTA, into L2 before the PDL wait
   bool kv_evict_first = false;  // K/V copies under an evict-first L2 policy
   bool table_warmup = false;    // whole tiles: the kernels that warm block-table lines
+  bool longest_first = false;   // CTAs take the sequences longest first (cta_order.cuh)
 };
 
 // Checks (all rules with full_checks, else problem + strides) and decides.

@@ -16,6 +16,7 @@ struct Tuning {
   int evict_first = -1;     // 0 / 1: K/V copies never / always evict-first in L2
   int keys_as_m = -1;       // 0 / 1: never / always the keys-as-M kernels (where they can run)
   int table_warmup = -1;    // 0 / 1: never / always warm block-table lines (whole-tile pools)
+  int longest_first = -1;   // 0 / 1: never / always longest sequences first (per-sequence lengths)
 };
 
 const Tuning& tuning();

@@ -415,6 +415,20 @@ void check_launch(const fd::Problem& pr, long launches_before) {
                int(s.vec), int(s.whole_tiles), (long long)warps, (long long)page_bytes,
                kc.head_dim, (long long)ctas, fdfuzz::g_device.num_sms);
   }
+  // Longest first: a CTA's sequence comes from a rank over the device lengths,
+  // which needs them, a batch the rank's scratch holds, and equal-chunk CTAs
+  // of one sequence each (nothing split); only grids of several waves.
+  if (d.longest_first) {
+    const int64_t units = int64_t{a.batch_size} * a.num_kv_heads * s.head_blocks;
+    const int per_sm = s.wide ? fdfuzz::g_device.wide_ctas_per_sm : fdfuzz::g_device.ctas_per_sm;
+    FUZZ_CHECK(a.seq_lens != nullptr && d.num_splits == 1 && a.window_size == 0 &&
+                   a.batch_size > 1 && a.batch_size <= fd::kLongestFirstMaxBatch &&
+                   units > int64_t{fdfuzz::g_device.num_sms} * (per_sm > 1 ? 1 : per_sm),
+               "longest first: seq_lens %p, %d splits, window %d, B %d, %lld units on %d SMs "
+               "of %d CTAs",
+               static_cast<const void*>(a.seq_lens), d.num_splits, a.window_size, a.batch_size,
+               (long long)units, fdfuzz::g_device.num_sms, per_sm);
+  }
   if (fd::batch_invariant(pr) && a.k_len > 0)
     FUZZ_CHECK(d.write_partials, "batch-invariant run skips the merge");
   if (d.write_partials) {
@@ -797,6 +811,63 @@ void check_measured_table_warmup() {
   }
 }
 
+// Longest sequences first (docs/RESULTS.md): unsplit grids of several waves
+// with per-sequence lengths, no window, at most kLongestFirstMaxBatch
+// sequences, whose CTAs at full length hold >= 16 KB of K and V per sequence
+// of the batch; not grids of many short CTAs, where the rank costs more than
+// the order saves. A fake H200-like device: two 4-warp or 8-warp CTAs per SM.
+void check_measured_longest_first() {
+  constexpr int32_t E4M3 = FD_DTYPE_FP8_E4M3;
+  struct Case {
+    const char* what;
+    int b, hq, hkv, k_len, d;
+    int32_t kv;  // 0: the q type
+    int page, window;
+    bool lens, first;
+  } cases[] = {
+      {"ragged batch 32/8 B64 K8192", 64, 32, 8, 8192, 128, 0, 0, 0, true, true},
+      {"... page 16", 64, 32, 8, 8192, 128, 0, 16, 0, true, true},
+      {"... fp8", 64, 32, 8, 8192, 128, E4M3, 0, 0, true, true},
+      {"32/32 D96 B16 K2048", 16, 32, 32, 2048, 96, 0, 0, 0, true, true},
+      {"64/8 D64 B48 K6000 (8 warps)", 48, 64, 8, 6000, 64, 0, 0, 0, true, true},
+      {"page 16 B64 K2048 (1 MB per CTA)", 64, 32, 8, 2048, 128, 0, 16, 0, true, true},
+      {"no lengths", 64, 32, 8, 8192, 128, 0, 0, 0, false, false},
+      {"one wave (B16 K4096)", 16, 32, 8, 4096, 128, 0, 0, 0, true, false},
+      {"B128 K1024: short CTAs", 128, 32, 8, 1024, 128, 0, 0, 0, true, false},
+      {"B200 K2000", 200, 32, 8, 2000, 128, 0, 0, 0, true, false},
+      {"B256 K512", 256, 32, 8, 512, 128, 0, 16, 0, true, false},
+      {"B300: past the rank's batch", 300, 32, 8, 65536, 128, 0, 0, 0, true, false},
+      {"window", 64, 32, 8, 8192, 128, 0, 16, 1024, true, false},
+      {"split (B2)", 2, 32, 8, 65536, 128, 0, 0, 0, true, false},
+  };
+  for (const Case& c : cases) {
+    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
+    if (c.kv != 0) {
+      q.dtype = FD_DTYPE_BF16;
+      q.kv_dtype = c.kv;
+    }
+    if (c.page > 0) make_paged(&q, c.page);
+    q.window_size = c.window;
+    if (c.lens)
+      q.seq_lens = reinterpret_cast<const int32_t*>((uint64_t{1} << 40) + 6 * (uint64_t{1} << 36));
+    const fdfuzz::FakeDevice saved = fdfuzz::g_device;
+    fdfuzz::g_device = fdfuzz::FakeDevice{};
+    fdfuzz::g_device.ctas_per_sm = 2;
+    fdfuzz::g_device.wide_ctas_per_sm = 2;
+    fd::Problem p;
+    fd::LaunchDecision dec;
+    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "%s: %s", c.what,
+               fd_last_error_message());
+    FUZZ_CHECK(fd::decide_launch(p, true, &dec) == FD_STATUS_SUCCESS, "%s: %s", c.what,
+               fd_last_error_message());
+    fdfuzz::g_device = saved;
+    const fd::DecodeArgs a = fd::make_decode_args(p, dec);
+    FUZZ_CHECK(dec.longest_first == c.first && (a.launch.longest_first != 0) == c.first,
+               "%s (%d splits, wide %d): longest first %d, expected %d", c.what,
+               dec.split.num_splits, int(dec.wide), int(dec.longest_first), int(c.first));
+  }
+}
+
 // The paired fp8 D = 128 keys-as-M kernels have a ring and an occupancy of
 // their own (CellFacts::km_pairs): a plan for a problem one of them runs (a
 // contiguous cache, whole-tile pages) is made with it; per-key pages, other
@@ -853,6 +924,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   check_measured_keys_as_m();
   check_whole_tile_pages();
   check_measured_table_warmup();
+  check_measured_longest_first();
   check_paired_fp8_facts();
   return 0;
 }

@@ -47,6 +47,15 @@ def cases(fp8=True):
             dict(bi=1), dict(seq_lens=1, window=257, sinks=1, alibi=1, cap=20.0, bi=1)]
     for ext, (B, Hq, Hkv, K, D) in itertools.product(exts, [(3, 32, 8, 9000, 128), (2, 8, 8, 700, 80)]):
         out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype="bf16", strided=False, ext=ext))
+    # Grids of several waves with per-sequence lengths, which take their
+    # sequences longest first: the order must not change a bit.
+    for ext, (B, Hq, Hkv, K, D) in [(dict(seq_lens=1), (64, 32, 8, 2100, 128)),
+                                    (dict(seq_lens=1, bi=1, sinks=1), (200, 8, 2, 300, 64)),
+                                    (dict(seq_lens=1), (256, 16, 2, 700, 96)),
+                                    (dict(seq_lens=1), (300, 8, 1, 500, 128)),
+                                    (dict(seq_lens=1, page=16, layout="HND"), (40, 16, 8, 1000, 64)),
+                                    (dict(seq_lens=1, page=1, layout="NHD"), (48, 32, 8, 600, 128))]:
+        out.append(dict(B=B, Hq=Hq, Hkv=Hkv, K=K, D=D, dtype="bf16", strided=False, ext=ext))
     # Page pools (shuffled page ids, one page shared by two sequences), NHD and
     # HND, the page sizes of both lookup paths; some with per-sequence lengths,
     # some with fp8 pools.

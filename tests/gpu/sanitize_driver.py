@@ -74,6 +74,12 @@ CASES = [
     # kernel writes the partials (131 chunks of 4608 keys, the last of 961).
     Case("wide_split_8_warps", 1, 1, 1, 600001, 128, warps=8, split=True),
     Case("batch_invariant", 3, 16, 4, 1500, 128, invariant=True, lens=ragged(3, 1500)),
+    # Grids of several waves with per-sequence lengths take their sequences
+    # longest first (a rank over the lengths in shared memory, after the wait;
+    # CTAs of >= 16 KB of K and V per sequence at full length).
+    Case("longest_first_ragged", 64, 32, 8, 2100, 128, lens=ragged(64, 2100), split=False),
+    Case("longest_first_paged_bad_page", 40, 16, 8, 2600, 64, layout="paged-hnd", page=16,
+         lens=ragged(40, 2600), bad_page=True, split=False),
     Case("k0", 2, 8, 8, 0, 128, dtype=torch.float16),
     Case("paged_page1_nhd", 3, 8, 2, 300, 64, layout="paged-nhd", page=1, lens=ragged(3, 300)),
     Case("paged_page16_hnd", 4, 16, 4, 3000, 128, layout="paged-hnd", page=16,

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "../kernel_params.h"
+#include "cta_order.cuh"
 #include "epilogue.cuh"
 #include "kv_element.cuh"
 #include "kv_element_km.cuh"
@@ -52,6 +53,17 @@ __global__ void __launch_bounds__(WARPS * 32) decode_kernel(const DecodeArgs a) 
   const int k_len = ptx::pin(c.k_len), window_size = ptx::pin(c.window_size);
   const int sink_tokens = ptx::pin(c.sink_tokens);
   const int chunk_len = ptx::pin(lp.chunk_len);
+  // Longest first (cta_order.cuh): the lengths are device data, so the CTA
+  // learns its sequence only after the wait, and prefetches nothing before it.
+  const bool longest_first = ptx::pin(lp.longest_first) != 0 && seq_lens != nullptr;
+  if (longest_first) {
+    static_assert(Tr::kSmemBytes >= (kLongestFirstMaxBatch + 1) * sizeof(int),
+                  "the rank scratch lives in the ring");
+    ptx::grid_dependency_wait();
+    ptx::launch_dependents();
+    cr.b = sequence_of_rank<Tr::kThreads>(seq_lens, c.batch_size, cr.b,
+                                          reinterpret_cast<int*>(smem));
+  }
   Source src;
   src.template init<Elem::kKvBytes>(c, cr.b, kvh);
   typename Elem::State st = Elem::state(c, lp, kvh);
@@ -60,17 +72,19 @@ __global__ void __launch_bounds__(WARPS * 32) decode_kernel(const DecodeArgs a) 
   const int num_splits = ptx::pin(lp.num_splits), num_heads = ptx::pin(c.num_heads);
   float* partial_o = ptx::pin(lp.partial_o);
   float* partial_lse = ptx::pin(lp.partial_lse);
-  if constexpr (VEC) {
-    // The chunk's keys bound what the CTA will look up (chunk0 < k_len, or
-    // k_len = 0 and nothing to look up).
-    const int chunk0 = split * chunk_len;
-    if (threadIdx.x == 0) src.prefetch_table(chunk0, chunk0 + min(chunk_len, k_len - chunk0));
-    prefetch_first_rows<Tr>(c, lp, src, split, chunk_len, seq_lens != nullptr);
+  if (!longest_first) {
+    if constexpr (VEC) {
+      // The chunk's keys bound what the CTA will look up (chunk0 < k_len, or
+      // k_len = 0 and nothing to look up).
+      const int chunk0 = split * chunk_len;
+      if (threadIdx.x == 0) src.prefetch_table(chunk0, chunk0 + min(chunk_len, k_len - chunk0));
+      prefetch_first_rows<Tr>(c, lp, src, split, chunk_len, seq_lens != nullptr);
+    }
+    // Inputs may be produced by the previous kernel in the stream (PDL); the
+    // merge may be scheduled as soon as every CTA of this grid is running.
+    ptx::grid_dependency_wait();
+    ptx::launch_dependents();
   }
-  // Inputs may be produced by the previous kernel in the stream (PDL); the
-  // merge may be scheduled as soon as every CTA of this grid is running.
-  ptx::grid_dependency_wait();
-  ptx::launch_dependents();
   Elem::head_scales(st, c, lp, kvh);  // device data: after the wait
 
   cr.seq_len = k_len;
