@@ -743,7 +743,7 @@ void check_whole_tile_pages() {
 // contiguous cache, else make_paged's pool with `window`.
 void decide_on(const fdfuzz::FakeDevice& dev, const char* what, int b, int hq, int hkv,
                int k_len, int d, int32_t kv, int page, int window, fd::Problem* p,
-               fd::LaunchDecision* dec) {
+               fd::LaunchDecision* dec, bool seq_lens = false) {
   fd_decode_params q = measured_params(b, hq, hkv, k_len, d);
   if (kv != 0) {
     q.dtype = FD_DTYPE_BF16;
@@ -753,6 +753,8 @@ void decide_on(const fdfuzz::FakeDevice& dev, const char* what, int b, int hq, i
     make_paged(&q, page);
     q.window_size = window;
   }
+  if (seq_lens)  // per-sequence lengths in the seventh region
+    q.seq_lens = reinterpret_cast<const int32_t*>((uint64_t{1} << 40) + 6 * (uint64_t{1} << 36));
   const fdfuzz::FakeDevice saved = fdfuzz::g_device;
   fdfuzz::g_device = dev;
   FUZZ_CHECK(fd::problem_from_params(&q, p) == FD_STATUS_SUCCESS, "%s: %s", what,
@@ -841,26 +843,13 @@ void check_measured_longest_first() {
       {"split (B2)", 2, 32, 8, 65536, 128, 0, 0, 0, true, false},
   };
   for (const Case& c : cases) {
-    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
-    if (c.kv != 0) {
-      q.dtype = FD_DTYPE_BF16;
-      q.kv_dtype = c.kv;
-    }
-    if (c.page > 0) make_paged(&q, c.page);
-    q.window_size = c.window;
-    if (c.lens)
-      q.seq_lens = reinterpret_cast<const int32_t*>((uint64_t{1} << 40) + 6 * (uint64_t{1} << 36));
-    const fdfuzz::FakeDevice saved = fdfuzz::g_device;
-    fdfuzz::g_device = fdfuzz::FakeDevice{};
-    fdfuzz::g_device.ctas_per_sm = 2;
-    fdfuzz::g_device.wide_ctas_per_sm = 2;
+    fdfuzz::FakeDevice dev;
+    dev.ctas_per_sm = 2;
+    dev.wide_ctas_per_sm = 2;
     fd::Problem p;
     fd::LaunchDecision dec;
-    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "%s: %s", c.what,
-               fd_last_error_message());
-    FUZZ_CHECK(fd::decide_launch(p, true, &dec) == FD_STATUS_SUCCESS, "%s: %s", c.what,
-               fd_last_error_message());
-    fdfuzz::g_device = saved;
+    decide_on(dev, c.what, c.b, c.hq, c.hkv, c.k_len, c.d, c.kv, c.page, c.window, &p, &dec,
+              c.lens);
     const fd::DecodeArgs a = fd::make_decode_args(p, dec);
     FUZZ_CHECK(dec.longest_first == c.first && (a.launch.longest_first != 0) == c.first,
                "%s (%d splits, wide %d): longest first %d, expected %d", c.what,
