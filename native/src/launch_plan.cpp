@@ -262,13 +262,13 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
                                                       : d.dev.cell.ctas_per_sm;
   const bool waves = units > static_cast<int64_t>(d.dev.num_sms) * resident_per_sm;
   const int64_t cta_bytes = 2 * kv_elem_bytes(p) * static_cast<int64_t>(p.c.k_len) * p.c.head_dim;
-  const bool longest_first_rule =
-      p.c.seq_lens != nullptr && s == 1 && p.c.window_size == 0 && p.c.batch_size > 1 &&
-      p.c.batch_size <= kLongestFirstMaxBatch && waves &&
-      cta_bytes >= kLongestFirstCtaBytesPerSequence * p.c.batch_size;
-  d.longest_first = p.c.seq_lens != nullptr && p.c.batch_size > 1 &&
-                    p.c.batch_size <= kLongestFirstMaxBatch &&
-                    (tune.longest_first >= 0 ? tune.longest_first != 0 : longest_first_rule);
+  // What the rank needs whatever the rule: lengths, and a batch its scratch holds.
+  const bool rank_fits = p.c.seq_lens != nullptr && p.c.batch_size > 1 &&
+                         p.c.batch_size <= kLongestFirstMaxBatch;
+  const bool longest_first_rule = s == 1 && p.c.window_size == 0 && waves &&
+                                  cta_bytes >= kLongestFirstCtaBytesPerSequence * p.c.batch_size;
+  d.longest_first =
+      rank_fits && (tune.longest_first >= 0 ? tune.longest_first != 0 : longest_first_rule);
   return FD_STATUS_SUCCESS;
 }
 
