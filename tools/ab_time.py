@@ -9,7 +9,8 @@ checked against a float32 reference first.
 
 A shape is B,Hq,Hkv,K,D with optional suffixes joined by ':': pagedN (a page
 pool of page size N, NHD, pages shuffled), e4m3 / e5m2 (fp8 KV, bf16 q),
-ragged (per-sequence lengths spread from K/32 to K), f16 (q and KV f16), capN
+ragged (per-sequence lengths spread from K/32 to K), lens (per-sequence lengths,
+all K: equal lengths passed as device data, as an engine passes them), f16 (q and KV f16), capN
 (logit soft-cap N, as Gemma-2's 50), alibi (ALiBi slopes of a 2^(-8h/Hq) series),
 hnd (the page pool [pages, Hkv, N, D] instead of NHD), nhd (a contiguous cache
 [B, K, Hkv, D] instead of [B, Hkv, K, D]), ordered (the block table
@@ -37,7 +38,8 @@ def parse_shape(text):
     head, *mods = text.split(":")
     b, hq, hkv, k, d = (int(x) for x in head.split(","))
     spec = dict(B=b, Hq=hq, Hkv=hkv, K=k, D=d, page=0, kv=None, ragged=False, dtype="bf16",
-                cap=0.0, alibi=False, hnd=False, nhd=False, ordered=False, sep=False)
+                cap=0.0, alibi=False, hnd=False, nhd=False, ordered=False, sep=False,
+                lens=False)
     for m in mods:
         if m.startswith("paged"):
             spec["page"] = int(m[5:])
@@ -49,7 +51,7 @@ def parse_shape(text):
             spec["dtype"] = "f16"
         elif m.startswith("cap"):
             spec["cap"] = float(m[3:])
-        elif m in ("alibi", "hnd", "nhd", "ordered", "sep"):
+        elif m in ("alibi", "hnd", "nhd", "ordered", "sep", "lens"):
             spec[m] = True
         else:
             raise SystemExit(f"unknown shape suffix {m!r} in {text!r}")
@@ -82,6 +84,8 @@ def time_one(spec, repeats):
     if spec["ragged"]:
         lo = max(1, K // 32)
         lens = torch.linspace(lo, K, B, device="cuda").round().to(torch.int32)
+    elif spec["lens"]:
+        lens = torch.full((B,), K, dtype=torch.int32, device="cuda")
     reps = []
     for _ in range(R):
         if P:
