@@ -254,8 +254,10 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   // kLongestFirstCtaBytesPerSequence per sequence of the batch. H200
   // (docs/RESULTS.md), lengths spread from K/32 to K: 32/8 B64 K8192 6%
   // faster (isolated calls 8%, page 16 5%, fp8 10%), B64 K4096 5%, 32/32 D96
-  // B16 K2048 8%, 32/32 B32 K2048 2%; equal lengths unchanged. Under the rule,
-  // grids of many short CTAs lose 4-27% (B200 K2000, B128 K1024, B256 K512).
+  // B16 K2048 8%, 32/32 B32 K2048 2%, page 16 B64 K2048 2%; equal lengths
+  // passed as data pay the rank: B64 K2048 1-2% slower, B64 K8192 0.3%. Under
+  // the rule, grids of many short CTAs lose 4-27% (B200 K2000, B128 K1024,
+  // B256 K512).
   const int resident_per_sm = d.wide                  ? d.dev.cell.wide_ctas_per_sm
                               : d.max_ctas_per_sm > 0 ? std::min(d.max_ctas_per_sm,
                                                                  d.dev.cell.ctas_per_sm)
