@@ -11,10 +11,10 @@ A shape is B,Hq,Hkv,K,D with optional suffixes joined by ':': pagedN (a page
 pool of page size N, NHD, pages shuffled), e4m3 / e5m2 (fp8 KV, bf16 q),
 ragged (per-sequence lengths spread from K/32 to K), lens (per-sequence lengths,
 all K: equal lengths passed as device data, as an engine passes them), f16 (q and
-KV f16), capN (logit soft-cap N, as Gemma-2's 50), alibi (ALiBi slopes of a 2^(-8h/Hq) series),
-hnd (the page pool [pages, Hkv, N, D] instead of NHD), nhd (a contiguous cache
-[B, K, Hkv, D] instead of [B, Hkv, K, D]), ordered (the block table
-lists the pool's pages in order instead of shuffled), sep (a one-element kernel
+KV f16), capN (logit soft-cap N, as Gemma-2's 50), alibi (ALiBi slopes of a
+2^(-8h/Hq) series), hnd (the page pool [pages, Hkv, N, D] instead of NHD), nhd
+(a contiguous cache [B, K, Hkv, D] instead of [B, Hkv, K, D]), ordered (the
+block table lists the pool's pages in order instead of shuffled), sep (a one-element kernel
 after every call, its own time subtracted: each call starts after the previous
 one has finished, as between two layers of a model, instead of overlapping it).
 A library that refuses a shape (an older build) reports it and goes on.
