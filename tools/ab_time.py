@@ -14,9 +14,10 @@ all K: equal lengths passed as device data, as an engine passes them), f16 (q an
 KV f16), capN (logit soft-cap N, as Gemma-2's 50), alibi (ALiBi slopes of a
 2^(-8h/Hq) series), hnd (the page pool [pages, Hkv, N, D] instead of NHD), nhd
 (a contiguous cache [B, K, Hkv, D] instead of [B, Hkv, K, D]), ordered (the
-block table lists the pool's pages in order instead of shuffled), sep (a one-element kernel
-after every call, its own time subtracted: each call starts after the previous
-one has finished, as between two layers of a model, instead of overlapping it).
+block table lists the pool's pages in order instead of shuffled), sep (a
+one-element kernel after every call, its own time subtracted: each call starts
+after the previous one has finished, as between two layers of a model, instead
+of overlapping it).
 A library that refuses a shape (an older build) reports it and goes on.
 Prints one line per shape: us per call for each library and the ratio to the
 first; --json writes everything."""
