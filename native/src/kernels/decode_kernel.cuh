@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../kernel_params.h"
 #include "cta_order.cuh"
@@ -54,15 +55,22 @@ __global__ void __launch_bounds__(WARPS * 32) decode_kernel(const DecodeArgs a) 
   const int sink_tokens = ptx::pin(c.sink_tokens);
   const int chunk_len = ptx::pin(lp.chunk_len);
   // Longest first (cta_order.cuh): the lengths are device data, so the CTA
-  // learns its sequence only after the wait, and prefetches nothing before it.
+  // learns its sequence only after the wait. The per-key paged kernels rank
+  // first and prefetch nothing: their pre-wait prefetch loads table entries,
+  // a round trip ahead of the rank's. The other sources prefetch the index
+  // order's rows and table span before the wait and rank after it: with equal
+  // lengths the order is the index order, and with unequal ones a prefetched
+  // row is still read where its sequence reaches it, by the CTA that takes it.
   const bool longest_first = ptx::pin(lp.longest_first) != 0 && seq_lens != nullptr;
-  if (longest_first) {
-    static_assert(Tr::kSmemBytes >= (kLongestFirstMaxBatch + 1) * sizeof(int),
-                  "the rank scratch lives in the ring");
+  constexpr bool kRankFirst = std::is_same_v<Source, PagedKv>;
+  static_assert(Tr::kSmemBytes >= (kLongestFirstMaxBatch + 2) * sizeof(int),
+                "the rank scratch lives in the ring");
+  int ranked_len = 0;  // seq_lens[cr.b] as the rank read it: no second load after it
+  if (kRankFirst && longest_first) {
     ptx::grid_dependency_wait();
     ptx::launch_dependents();
     cr.b = sequence_of_rank<Tr::kThreads>(seq_lens, c.batch_size, cr.b,
-                                          reinterpret_cast<int*>(smem));
+                                          reinterpret_cast<int*>(smem), &ranked_len);
   }
   Source src;
   src.template init<Elem::kKvBytes>(c, cr.b, kvh);
@@ -72,7 +80,7 @@ __global__ void __launch_bounds__(WARPS * 32) decode_kernel(const DecodeArgs a) 
   const int num_splits = ptx::pin(lp.num_splits), num_heads = ptx::pin(c.num_heads);
   float* partial_o = ptx::pin(lp.partial_o);
   float* partial_lse = ptx::pin(lp.partial_lse);
-  if (!longest_first) {
+  if (!(kRankFirst && longest_first)) {
     if constexpr (VEC) {
       // The chunk's keys bound what the CTA will look up (chunk0 < k_len, or
       // k_len = 0 and nothing to look up).
@@ -84,11 +92,17 @@ __global__ void __launch_bounds__(WARPS * 32) decode_kernel(const DecodeArgs a) 
     // merge may be scheduled as soon as every CTA of this grid is running.
     ptx::grid_dependency_wait();
     ptx::launch_dependents();
+    if (!kRankFirst && longest_first) {
+      cr.b = sequence_of_rank<Tr::kThreads>(seq_lens, c.batch_size, cr.b,
+                                            reinterpret_cast<int*>(smem), &ranked_len);
+      src.template init<Elem::kKvBytes>(c, cr.b, kvh);
+    }
   }
   Elem::head_scales(st, c, lp, kvh);  // device data: after the wait
 
   cr.seq_len = k_len;
-  if (seq_lens != nullptr) cr.seq_len = src.length(seq_lens[cr.b], k_len);
+  if (seq_lens != nullptr)
+    cr.seq_len = src.length(longest_first ? ranked_len : seq_lens[cr.b], k_len);
   const KeySpan span(cr.seq_len, window_size, sink_tokens, split * chunk_len, chunk_len);
 
   RowState<Elem::template acc_tiles<DPAD>()> rs;
