@@ -833,6 +833,7 @@ void check_measured_longest_first() {
       {"32/32 D96 B16 K2048", 16, 32, 32, 2048, 96, 0, 0, 0, true, true},
       {"64/8 D64 B48 K6000 (8 warps)", 48, 64, 8, 6000, 64, 0, 0, 0, true, true},
       {"page 16 B64 K2048 (1 MB per CTA)", 64, 32, 8, 2048, 128, 0, 16, 0, true, true},
+      {"page 1 B64 K2200 (the sanitizer's case)", 64, 32, 8, 2200, 128, 0, 1, 0, true, true},
       {"no lengths", 64, 32, 8, 8192, 128, 0, 0, 0, false, false},
       {"one wave (B16 K4096)", 16, 32, 8, 4096, 128, 0, 0, 0, true, false},
       {"B128 K1024: short CTAs", 128, 32, 8, 1024, 128, 0, 0, 0, true, false},

@@ -80,6 +80,10 @@ CASES = [
     Case("longest_first_ragged", 64, 32, 8, 2100, 128, lens=ragged(64, 2100), split=False),
     Case("longest_first_paged_bad_page", 40, 16, 8, 2600, 64, layout="paged-hnd", page=16,
          lens=ragged(40, 2600), bad_page=True, split=False),
+    # Page 1 (per-key lookups) ranks before it prefetches anything: 512 CTAs of
+    # 1.1 MB at full length, over the rule's 16 KB per sequence of the 64.
+    Case("longest_first_page1", 64, 32, 8, 2200, 128, layout="paged-nhd", page=1,
+         lens=ragged(64, 2200), split=False),
     Case("k0", 2, 8, 8, 0, 128, dtype=torch.float16),
     Case("paged_page1_nhd", 3, 8, 2, 300, 64, layout="paged-nhd", page=1, lens=ragged(3, 300)),
     Case("paged_page16_hnd", 4, 16, 4, 3000, 128, layout="paged-hnd", page=16,
