@@ -249,15 +249,15 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
   // differ and the grid is more CTAs than its SMs hold at once, so that CTAs
   // start one after another: unsplit (a split grid's CTAs are of equal chunks)
   // and without a window (whose sequences attend about as many keys each).
-  // The rank costs every CTA a pass over the B lengths and the prefetch before
-  // the wait, so only where a CTA's K and V at full length are at least
-  // kLongestFirstCtaBytesPerSequence per sequence of the batch. H200
-  // (docs/RESULTS.md), lengths spread from K/32 to K: 32/8 B64 K8192 6%
-  // faster (isolated calls 8%, page 16 5%, fp8 10%), B64 K4096 5%, 32/32 D96
-  // B16 K2048 8%, 32/32 B32 K2048 2%, page 16 B64 K2048 2%; equal lengths
-  // passed as data pay the rank: B64 K2048 1-2% slower, B64 K8192 0.3%. Under
-  // the rule, grids of many short CTAs lose 4-27% (B200 K2000, B128 K1024,
-  // B256 K512).
+  // The rank costs every CTA a pass over the B lengths after the wait (and the
+  // per-key paged kernels their prefetch before it), so only where a CTA's K
+  // and V at full length are at least kLongestFirstCtaBytesPerSequence per
+  // sequence of the batch. H200 (docs/RESULTS.md), lengths spread from K/32
+  // to K: 32/8 B64 K8192 6% faster (isolated calls 8%, page 16 5%, fp8 10%),
+  // B64 K4096 5%, 32/32 D96 B16 K2048 8%, 32/32 B32 K2048 2%, B64 K2048
+  // page 16 4.5% and page 1 14.5%; equal lengths passed as data pay the rank:
+  // B64 K2048 0.5-1.5% slower, B64 K8192 0.3%. Under the rule, grids of many
+  // short CTAs lose 4-27% (B200 K2000, B128 K1024, B256 K512).
   const int resident_per_sm = d.wide                  ? d.dev.cell.wide_ctas_per_sm
                               : d.max_ctas_per_sm > 0 ? std::min(d.max_ctas_per_sm,
                                                                  d.dev.cell.ctas_per_sm)
