@@ -18,6 +18,10 @@ block table lists the pool's pages in order instead of shuffled), sep (a
 one-element kernel after every call, its own time subtracted: each call starts
 after the previous one has finished, as between two layers of a model, instead
 of overlapping it).
+--env NAME:VAR=VALUE sets an environment variable for library NAME's process
+only: the FD_TUNE_* knobs of a tuning build (-DFD_ENABLE_TUNING=ON), so one build
+runs under two names, e.g. --lib off=T.so --lib on=T.so --env
+off:FD_TUNE_WARP_RANGES=0 --env on:FD_TUNE_WARP_RANGES=1.
 A library that refuses a shape (an older build) reports it and goes on.
 Prints one line per shape: us per call for each library and the ratio to the
 first; --json writes everything."""
@@ -244,6 +248,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", action="append", required=True, metavar="NAME=PATH")
     ap.add_argument("--shape", action="append", required=True)
+    ap.add_argument("--env", action="append", default=[], metavar="NAME:VAR=VALUE",
+                    help="an environment variable for library NAME's process only (a "
+                         "tuning build's FD_TUNE_* knobs: one build timed both ways)")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -259,7 +266,13 @@ def main():
                "--child", os.path.abspath(path), out]
         for s in a.shape:
             cmd += ["--shape", s]
-        subprocess.run(cmd, check=False)
+        env = dict(os.environ)
+        for item in a.env:
+            lib_name, _, assignment = item.partition(":")
+            var, _, value = assignment.partition("=")
+            if lib_name == name and var:
+                env[var] = value
+        subprocess.run(cmd, check=False, env=env)
         try:
             results[name] = json.load(open(out))
         except (OSError, ValueError) as e:

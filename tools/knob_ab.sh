@@ -9,7 +9,7 @@
 # An empty set runs the library's defaults. Knobs: FD_TUNE_SPLITS,
 # FD_TUNE_MAX_CTAS_PER_SM, FD_TUNE_WIDE, FD_TUNE_EARLY_TRIGGER,
 # FD_TUNE_PREFETCH_KEYS, FD_TUNE_EVICT_FIRST, FD_TUNE_KEYS_AS_M, FD_TUNE_TABLE_WARMUP,
-# FD_TUNE_LONGEST_FIRST.
+# FD_TUNE_LONGEST_FIRST, FD_TUNE_WARP_RANGES.
 # env: FD_OUT_DIR (default build/knob_ab; --out DIR wins), FD_BUILD_DIR (default
 #      build-tuning), FD_CUDA_ARCHITECTURES (default 90a), FD_CMAKE_ARGS (extra
 #      cmake arguments).

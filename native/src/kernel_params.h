@@ -45,6 +45,9 @@ struct LaunchParams {
   // length instead of sequence x / H_kv (cta_order.cuh): on a grid of several
   // waves the long sequences start first, so no long CTA runs alone at the end.
   int32_t longest_first;
+  // Whole-tile paged kernels: each warp streams a contiguous range of the
+  // CTA's tiles instead of every WARPS-th tile (mainloop.cuh).
+  int32_t warp_ranges;
   float* partial_o;    // [B*H_q][num_splits][bucket D]
   float* partial_lse;  // [B*H_q][num_splits], log2 units
 };

@@ -115,6 +115,7 @@ Tuning read_tuning() {
   t.keys_as_m = env_int("FD_TUNE_KEYS_AS_M", -1);
   t.table_warmup = env_int("FD_TUNE_TABLE_WARMUP", -1);
   t.longest_first = env_int("FD_TUNE_LONGEST_FIRST", -1);
+  t.warp_ranges = env_int("FD_TUNE_WARP_RANGES", -1);
   return t;
 }
 }  // namespace

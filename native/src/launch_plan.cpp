@@ -271,6 +271,18 @@ int decide_launch(const Problem& p, bool full_checks, LaunchDecision* out) {
                                   cta_bytes >= kLongestFirstCtaBytesPerSequence * p.c.batch_size;
   d.longest_first =
       rank_fits && (tune.longest_first >= 0 ? tune.longest_first != 0 : longest_first_rule);
+  // A contiguous range of tiles per warp (mainloop.cuh) on whole-tile pools
+  // whose grid is one wave of at least 15/16 of the SMs. H200 (docs/RESULTS.md,
+  // page 16): 32/8 B16 K4096 (128 CTAs, 8 warps) 1.5-2% faster back to back,
+  // 0-1.4% isolated; 132 and 4-warp 128-CTA grids even. Grids that leave more
+  // SMs idle, whose CTAs must each stream faster, lose with it (96 CTAs 3-6%,
+  // 112 1-2%, 120 0.6-1.3%), and grids of several waves 0.5-1.4%. Batch-
+  // invariant mode keeps round robin: the rule depends on the batch.
+  if (d.vec && whole_tile_pages(p, d.split.chunk_len) && !batch_invariant(p)) {
+    const int64_t ctas = units * s;
+    const bool rule = one_wave && ctas * 16 >= int64_t{d.dev.num_sms} * 15;
+    d.warp_ranges = tune.warp_ranges >= 0 ? tune.warp_ranges != 0 : rule;
+  }
   return FD_STATUS_SUCCESS;
 }
 
@@ -287,6 +299,7 @@ DecodeArgs make_decode_args(const Problem& p, const LaunchDecision& dec) {
   l.prefetch_keys = dec.prefetch_keys;
   l.kv_evict_first = dec.kv_evict_first ? 1 : 0;
   l.longest_first = dec.longest_first ? 1 : 0;
+  l.warp_ranges = dec.warp_ranges ? 1 : 0;
   l.q_vec = p.c.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(p.c.q) % 16 == 0 &&
             p.c.q_stride_b % 8 == 0 && p.c.q_stride_h % 8 == 0;
   l.has_logit_mods = (p.c.logits_soft_cap > 0.f || p.c.alibi_slopes != nullptr) ? 1 : 0;

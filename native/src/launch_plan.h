@@ -38,6 +38,7 @@ struct LaunchDecision {
   bool kv_evict_first = false;  // K/V copies under an evict-first L2 policy
   bool table_warmup = false;    // whole tiles: the kernels that warm block-table lines
   bool longest_first = false;   // CTAs take the sequences longest first (cta_order.cuh)
+  bool warp_ranges = false;     // whole tiles: a contiguous range of tiles per warp
 };
 
 // Checks (all rules with full_checks, else problem + strides) and decides.

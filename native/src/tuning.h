@@ -17,6 +17,7 @@ struct Tuning {
   int keys_as_m = -1;       // 0 / 1: never / always the keys-as-M kernels (where they can run)
   int table_warmup = -1;    // 0 / 1: never / always warm block-table lines (whole-tile pools)
   int longest_first = -1;   // 0 / 1: never / always longest sequences first (per-sequence lengths)
+  int warp_ranges = -1;     // 0 / 1: never / always a tile range per warp (whole-tile pools)
 };
 
 const Tuning& tuning();

@@ -858,6 +858,63 @@ void check_measured_longest_first() {
   }
 }
 
+// A contiguous range of tiles per warp (docs/RESULTS.md, H200): whole-tile
+// pools whose grid is one wave of at least 15/16 of the SMs (128 or 132 CTAs
+// here: 1-2% faster at 128); not grids that leave more SMs idle (96-120 CTAs
+// lost 1-6%), of several waves (0.5-1.4% slower), per-key pages, contiguous
+// caches, nor batch-invariant mode (the rule depends on the batch).
+void check_measured_warp_ranges() {
+  constexpr int32_t E4M3 = FD_DTYPE_FP8_E4M3;
+  struct Case {
+    const char* what;
+    int b, hq, hkv, k_len, d;
+    int32_t kv;  // 0: the q type
+    int page, window;
+    bool invariant, ranges;
+  } cases[] = {
+      {"32/8 B16 K4096 page 16 (128 CTAs, 8 warps)", 16, 32, 8, 4096, 128, 0, 16, 0, false, true},
+      {"28/4 B33 K4096 page 16 (132 CTAs)", 33, 28, 4, 4096, 128, 0, 16, 0, false, true},
+      {"B1 K32768 split page 16 (128 CTAs)", 1, 32, 8, 32768, 128, 0, 16, 0, false, true},
+      {"fp8 B16 page 32", 16, 32, 8, 4096, 128, E4M3, 32, 0, false, true},
+      {"D96 MHA B4 page 16", 4, 32, 32, 4096, 96, 0, 16, 0, false, true},
+      {"B15 (120 CTAs)", 15, 32, 8, 4096, 128, 0, 16, 0, false, false},
+      {"40/8 B12 K6000 (96 CTAs)", 12, 40, 8, 6000, 128, 0, 16, 0, false, false},
+      {"B17 (136 CTAs: two waves)", 17, 32, 8, 4096, 128, 0, 16, 0, false, false},
+      {"B64 K2048 (several waves)", 64, 32, 8, 2048, 128, 0, 16, 0, false, false},
+      {"page 17 (per-key)", 16, 32, 8, 4096, 128, 0, 17, 0, false, false},
+      {"window (per-key)", 16, 32, 8, 4096, 128, 0, 16, 128, false, false},
+      {"contiguous", 16, 32, 8, 4096, 128, 0, 0, 0, false, false},
+      {"batch-invariant", 16, 32, 8, 4096, 128, 0, 16, 0, true, false},
+  };
+  for (const Case& c : cases) {
+    fdfuzz::FakeDevice dev;
+    dev.ctas_per_sm = 2;
+    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
+    if (c.kv != 0) {
+      q.dtype = FD_DTYPE_BF16;
+      q.kv_dtype = c.kv;
+    }
+    if (c.page > 0) {
+      make_paged(&q, c.page);
+      q.window_size = c.window;
+    }
+    if (c.invariant) q.flags |= FD_FLAG_BATCH_INVARIANT;
+    const fdfuzz::FakeDevice saved = fdfuzz::g_device;
+    fdfuzz::g_device = dev;
+    fd::Problem p;
+    fd::LaunchDecision dec;
+    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "%s: %s", c.what,
+               fd_last_error_message());
+    FUZZ_CHECK(fd::decide_launch(p, true, &dec) == FD_STATUS_SUCCESS, "%s: %s", c.what,
+               fd_last_error_message());
+    fdfuzz::g_device = saved;
+    const fd::DecodeArgs a = fd::make_decode_args(p, dec);
+    FUZZ_CHECK(dec.warp_ranges == c.ranges && (a.launch.warp_ranges != 0) == c.ranges,
+               "%s (%d splits, wide %d): tile ranges %d, expected %d", c.what,
+               dec.split.num_splits, int(dec.wide), int(dec.warp_ranges), int(c.ranges));
+  }
+}
+
 // The paired fp8 D = 128 keys-as-M kernels have a ring and an occupancy of
 // their own (CellFacts::km_pairs): a plan for a problem one of them runs (a
 // contiguous cache, whole-tile pages) is made with it; per-key pages, other
@@ -915,6 +972,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   check_whole_tile_pages();
   check_measured_table_warmup();
   check_measured_longest_first();
+  check_measured_warp_ranges();
   check_paired_fp8_facts();
   return 0;
 }

@@ -130,6 +130,11 @@ CASES = [
          layout="paged-nhd", page=16, lens=ragged(4, 3000), warps=4, split=False),
     Case("paged_warm_table_split", 1, 16, 4, 50000, 128, layout="paged-hnd", page=16,
          warps=4, split=True),
+    # A contiguous range of tiles per warp (grids of one wave that fill the
+    # SMs; the warm-table cases above on 132 SMs take them too): the 8-warp
+    # 16-bit D = 128 kernel, ragged lengths down to 0, a bad id.
+    Case("paged_tile_ranges_8_warps", 16, 32, 8, 4100, 128, layout="paged-hnd", page=16,
+         lens=ragged(16, 4100), bad_page=True, warps=8, split=False, fills_sms=True),
 ]
 
 
@@ -342,6 +347,8 @@ def plan_problems(case, plan):
         bad.append(f"num_splits = {plan.num_splits}, wanted {'> 1' if e['split'] else '1'}")
     if e.get("split") and not plan.merge_kernel:
         bad.append("no merge kernel")
+    if e.get("fills_sms") and not plan.num_sms * 15 <= plan.ctas * 16 <= plan.num_sms * 16:
+        bad.append(f"ctas = {plan.ctas}, wanted one wave of at least 15/16 of {plan.num_sms} SMs")
     return bad
 
 

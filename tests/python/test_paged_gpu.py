@@ -238,3 +238,33 @@ def test_paged_torch_pools_page_size_from_the_shape():
         ref_y, ref_lse = reference.decode_paged(q, kp, vp, table, D ** -0.5, seq_lens=lens,
                                                 kv_layout=layout, return_lse=True)
         check(y.float().cpu().numpy(), lse.cpu().numpy(), ref_y, ref_lse, element)
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_whole_tile_pool_on_a_grid_that_fills_the_sms(layout):
+    """One CTA per sequence and KV head on every SM (one wave that fills the GPU):
+    the launch deals each warp a contiguous range of tiles (launch_plan.cpp), over
+    ragged lengths down to 0 and a bad page id in one sequence."""
+    element, page = BF16, 16
+    rng = np.random.default_rng(9 + (layout == "HND"))
+    probe = fd.FlashDecodingPlan.select(None, fd.FlashDecodingDescriptor.new_paged(
+        1, HQ, HKV, D, page, 1, 1, element))
+    num_sms = probe.launch_plan()["num_sms"]
+    b = num_sms // HKV
+    base = lengths_for(page) + [700, 1100]
+    lens = [base[i % len(base)] for i in range(b)]
+    kp, vp, table = build_cache(rng, page, lens, element, layout)
+    table[3, 0] = kp.shape[0] + 7  # sequence 3 (P keys) meets a page past the pool
+    desc = fd.FlashDecodingDescriptor.new_paged(b, HQ, HKV, D, page, table.shape[1],
+                                                kp.shape[0], element)
+    lp = fd.FlashDecodingPlan.select(None, desc).launch_plan()
+    # The grid the tile ranges are for: one wave of at least 15/16 of the SMs.
+    assert lp["num_splits"] == 1 and lp["ctas"] * 16 >= num_sms * 15 and lp["ctas"] <= num_sms
+    q = host((b, HQ, D), element, rng)
+    y, lse = run_paged(q, kp, vp, table, lens, element, layout)
+    ref_y, ref_lse = reference.decode_paged(q, kp, vp, table, D ** -0.5, seq_lens=lens,
+                                            kv_layout=layout, return_lse=True)
+    good = np.ones(b, bool)
+    good[3] = False
+    assert np.all(np.isnan(y[3].astype(np.float32))) and np.all(np.isnan(lse[3]))
+    check(y[good], lse[good], ref_y[good], ref_lse[good], element)

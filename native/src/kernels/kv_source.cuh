@@ -41,6 +41,7 @@ struct KvStorage {
 
 struct ContiguousKv {
   static constexpr bool kPaged = false;
+  static constexpr bool kWarpRanges = false;  // tiles always dealt round robin (mainloop.cuh)
   static constexpr bool kWarmsTable = false;
   __device__ __forceinline__ void warm_entry(int, void*) const {}
   const unsigned char* k;  // this (sequence, KV head)'s first row
@@ -180,6 +181,7 @@ struct PagedPool {
 // Any page size, any tile alignment: each lane looks up one key of a tile.
 struct PagedKv : PagedPool {
   static constexpr bool kWarmsTable = false;
+  static constexpr bool kWarpRanges = false;
   __device__ __forceinline__ void warm_entry(int, void*) const {}
   __device__ __forceinline__ void prefetch_table(int, int) const {}
   // Lane l < 16 looks up key key0 + l of a tile: its page id and in-page row.
@@ -253,6 +255,8 @@ struct PagedKv : PagedPool {
 // lane from the same address one tile ahead, and one base per pool: no
 // per-lane ids, no shuffles, and no per-row path in the loop.
 struct PagedTilesKv : PagedPool {
+  // A contiguous range of tiles per warp where LaunchParams::warp_ranges asks.
+  static constexpr bool kWarpRanges = true;
   int key0 = 0, end = 0;
   int next_page = 0, next_key0 = 0, next_end = 0;
   const unsigned char* tile_k = nullptr;  // the current tile's first row

@@ -189,7 +189,20 @@ __device__ __forceinline__ void run_mainloop(RowState<Elem::template acc_tiles<T
   static_assert(DPAD % 16 == 0, "head_dim buckets are multiples of 16");
   static_assert(STAGES >= 2 || !VEC, "the cp.async ring needs two stages");
   const int warp = cr.warp, lane = cr.lane;
-  const int my_tiles = span.tiles > warp ? (span.tiles - warp + WARPS - 1) / WARPS : 0;
+  // Which of the span's tiles this warp takes. Round robin (tile warp + j *
+  // WARPS) keeps the CTA's copies in flight one contiguous stretch, 1-5% faster
+  // than a contiguous range per warp on contiguous caches (docs/RESULTS.md).
+  // Whole-tile page pools (Source::kWarpRanges) may instead deal each warp a
+  // contiguous range of tiles (LaunchParams::warp_ranges, where the host
+  // measured it faster: a warp then meets a new block-table line once per 32
+  // of its own tiles at page 16, where round robin crosses one every 32 / WARPS).
+  const bool ranges = Source::kWarpRanges && lp.warp_ranges != 0;
+  const int range_tiles = span.tiles / WARPS, range_extra = span.tiles - range_tiles * WARPS;
+  const int my_tiles = ranges ? range_tiles + (warp < range_extra ? 1 : 0)
+                       : span.tiles > warp ? (span.tiles - warp + WARPS - 1) / WARPS
+                                           : 0;
+  const int first_tile = ranges ? warp * range_tiles + min(warp, range_extra) : warp;
+  const int tile_step = ranges ? 1 : WARPS;
 
   // The ring's base stays in a per-thread register (ptx::pin): as a uniform
   // register, ptxas 13.0 gave the contiguous kernels' evict-first copies
@@ -198,9 +211,7 @@ __device__ __forceinline__ void run_mainloop(RowState<Elem::template acc_tiles<T
   // padded tiles (D = 80, 96) 3% more loop instructions. tools/sass_check.py
   // checks every build for such instructions.
   unsigned char* ring = ptx::pin(smem + warp * STAGES * Tile::kStageBytes);
-  // Tiles dealt round robin, so the CTA's copies in flight are one contiguous
-  // stretch (1-5% faster than a contiguous quarter per warp, docs/RESULTS.md).
-  auto tile_of = [&](int j) { return warp + j * WARPS; };
+  auto tile_of = [&](int j) { return first_tile + j * tile_step; };
   const bool evict_first = VEC && lp.kv_evict_first != 0;
   const uint64_t policy = ptx::make_evict_first_policy();
   const int head_dim = c.head_dim;
