@@ -740,11 +740,13 @@ void check_whole_tile_pages() {
 
 // The launch decision for a measured problem on the fake device `dev` (which
 // is restored after): kv 0 is the q type, else fp8 with bf16 q; page 0 is a
-// contiguous cache, else make_paged's pool with `window`.
+// contiguous cache, else make_paged's pool with `window`; `flags` are added
+// to the params' (FD_FLAG_BATCH_INVARIANT).
 void decide_on(const fdfuzz::FakeDevice& dev, const char* what, int b, int hq, int hkv,
                int k_len, int d, int32_t kv, int page, int window, fd::Problem* p,
-               fd::LaunchDecision* dec, bool seq_lens = false) {
+               fd::LaunchDecision* dec, bool seq_lens = false, uint32_t flags = 0) {
   fd_decode_params q = measured_params(b, hq, hkv, k_len, d);
+  q.flags |= flags;
   if (kv != 0) {
     q.dtype = FD_DTYPE_BF16;
     q.kv_dtype = kv;
@@ -889,25 +891,10 @@ void check_measured_warp_ranges() {
   for (const Case& c : cases) {
     fdfuzz::FakeDevice dev;
     dev.ctas_per_sm = 2;
-    fd_decode_params q = measured_params(c.b, c.hq, c.hkv, c.k_len, c.d);
-    if (c.kv != 0) {
-      q.dtype = FD_DTYPE_BF16;
-      q.kv_dtype = c.kv;
-    }
-    if (c.page > 0) {
-      make_paged(&q, c.page);
-      q.window_size = c.window;
-    }
-    if (c.invariant) q.flags |= FD_FLAG_BATCH_INVARIANT;
-    const fdfuzz::FakeDevice saved = fdfuzz::g_device;
-    fdfuzz::g_device = dev;
     fd::Problem p;
     fd::LaunchDecision dec;
-    FUZZ_CHECK(fd::problem_from_params(&q, &p) == FD_STATUS_SUCCESS, "%s: %s", c.what,
-               fd_last_error_message());
-    FUZZ_CHECK(fd::decide_launch(p, true, &dec) == FD_STATUS_SUCCESS, "%s: %s", c.what,
-               fd_last_error_message());
-    fdfuzz::g_device = saved;
+    decide_on(dev, c.what, c.b, c.hq, c.hkv, c.k_len, c.d, c.kv, c.page, c.window, &p, &dec,
+              false, c.invariant ? FD_FLAG_BATCH_INVARIANT : 0u);
     const fd::DecodeArgs a = fd::make_decode_args(p, dec);
     FUZZ_CHECK(dec.warp_ranges == c.ranges && (a.launch.warp_ranges != 0) == c.ranges,
                "%s (%d splits, wide %d): tile ranges %d, expected %d", c.what,
