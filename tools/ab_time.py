@@ -259,6 +259,11 @@ def main():
         child(a.child[0], a.shape, a.repeats, a.child[1])
         return 0
     libs = [tuple(x.split("=", 1)) for x in a.lib]
+    for item in a.env:  # a misspelt --env would time the defaults under a knob's name
+        lib_name, colon, assignment = item.partition(":")
+        var = assignment.partition("=")[0]
+        if not colon or "=" not in assignment or not var or lib_name not in {n for n, _ in libs}:
+            ap.error(f"--env {item!r}: expected NAME:VAR=VALUE with NAME one of the --lib names")
     results = {}
     for name, path in libs:
         out = f"/tmp/ab_time_{os.getpid()}_{name}.json"
@@ -270,7 +275,7 @@ def main():
         for item in a.env:
             lib_name, _, assignment = item.partition(":")
             var, _, value = assignment.partition("=")
-            if lib_name == name and var:
+            if lib_name == name:
                 env[var] = value
         subprocess.run(cmd, check=False, env=env)
         try:

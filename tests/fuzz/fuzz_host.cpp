@@ -766,6 +766,21 @@ void decide_on(const fdfuzz::FakeDevice& dev, const char* what, int b, int hq, i
   fdfuzz::g_device = saved;
 }
 
+// One measured problem of a planner check: kv 0 is the q type, page 0 a
+// contiguous cache (decide_on).
+struct MeasuredShape {
+  const char* what;
+  int b, hq, hkv, k_len, d;
+  int32_t kv;
+  int page, window;
+};
+
+void decide_on(const fdfuzz::FakeDevice& dev, const MeasuredShape& m, fd::Problem* p,
+               fd::LaunchDecision* dec, bool seq_lens = false, uint32_t flags = 0) {
+  decide_on(dev, m.what, m.b, m.hq, m.hkv, m.k_len, m.d, m.kv, m.page, m.window, p, dec,
+            seq_lens, flags);
+}
+
 // The kernels that warm their block-table lines (docs/RESULTS.md): on whole-
 // tile pages of which one step of the CTA's warps holds at most 16 KB per KV
 // head, one-wave grids of one CTA per sequence and KV head, or of one
@@ -823,27 +838,24 @@ void check_measured_table_warmup() {
 void check_measured_longest_first() {
   constexpr int32_t E4M3 = FD_DTYPE_FP8_E4M3;
   struct Case {
-    const char* what;
-    int b, hq, hkv, k_len, d;
-    int32_t kv;  // 0: the q type
-    int page, window;
+    MeasuredShape shape;
     bool lens, first;
   } cases[] = {
-      {"ragged batch 32/8 B64 K8192", 64, 32, 8, 8192, 128, 0, 0, 0, true, true},
-      {"... page 16", 64, 32, 8, 8192, 128, 0, 16, 0, true, true},
-      {"... fp8", 64, 32, 8, 8192, 128, E4M3, 0, 0, true, true},
-      {"32/32 D96 B16 K2048", 16, 32, 32, 2048, 96, 0, 0, 0, true, true},
-      {"64/8 D64 B48 K6000 (8 warps)", 48, 64, 8, 6000, 64, 0, 0, 0, true, true},
-      {"page 16 B64 K2048 (1 MB per CTA)", 64, 32, 8, 2048, 128, 0, 16, 0, true, true},
-      {"page 1 B64 K2200 (the sanitizer's case)", 64, 32, 8, 2200, 128, 0, 1, 0, true, true},
-      {"no lengths", 64, 32, 8, 8192, 128, 0, 0, 0, false, false},
-      {"one wave (B16 K4096)", 16, 32, 8, 4096, 128, 0, 0, 0, true, false},
-      {"B128 K1024: short CTAs", 128, 32, 8, 1024, 128, 0, 0, 0, true, false},
-      {"B200 K2000", 200, 32, 8, 2000, 128, 0, 0, 0, true, false},
-      {"B256 K512", 256, 32, 8, 512, 128, 0, 16, 0, true, false},
-      {"B300: past the rank's batch", 300, 32, 8, 65536, 128, 0, 0, 0, true, false},
-      {"window", 64, 32, 8, 8192, 128, 0, 16, 1024, true, false},
-      {"split (B2)", 2, 32, 8, 65536, 128, 0, 0, 0, true, false},
+      {{"ragged batch 32/8 B64 K8192", 64, 32, 8, 8192, 128, 0, 0, 0}, true, true},
+      {{"... page 16", 64, 32, 8, 8192, 128, 0, 16, 0}, true, true},
+      {{"... fp8", 64, 32, 8, 8192, 128, E4M3, 0, 0}, true, true},
+      {{"32/32 D96 B16 K2048", 16, 32, 32, 2048, 96, 0, 0, 0}, true, true},
+      {{"64/8 D64 B48 K6000 (8 warps)", 48, 64, 8, 6000, 64, 0, 0, 0}, true, true},
+      {{"page 16 B64 K2048 (1 MB per CTA)", 64, 32, 8, 2048, 128, 0, 16, 0}, true, true},
+      {{"page 1 B64 K2200 (the sanitizer's case)", 64, 32, 8, 2200, 128, 0, 1, 0}, true, true},
+      {{"no lengths", 64, 32, 8, 8192, 128, 0, 0, 0}, false, false},
+      {{"one wave (B16 K4096)", 16, 32, 8, 4096, 128, 0, 0, 0}, true, false},
+      {{"B128 K1024: short CTAs", 128, 32, 8, 1024, 128, 0, 0, 0}, true, false},
+      {{"B200 K2000", 200, 32, 8, 2000, 128, 0, 0, 0}, true, false},
+      {{"B256 K512", 256, 32, 8, 512, 128, 0, 16, 0}, true, false},
+      {{"B300: past the rank's batch", 300, 32, 8, 65536, 128, 0, 0, 0}, true, false},
+      {{"window", 64, 32, 8, 8192, 128, 0, 16, 1024}, true, false},
+      {{"split (B2)", 2, 32, 8, 65536, 128, 0, 0, 0}, true, false},
   };
   for (const Case& c : cases) {
     fdfuzz::FakeDevice dev;
@@ -851,11 +863,10 @@ void check_measured_longest_first() {
     dev.wide_ctas_per_sm = 2;
     fd::Problem p;
     fd::LaunchDecision dec;
-    decide_on(dev, c.what, c.b, c.hq, c.hkv, c.k_len, c.d, c.kv, c.page, c.window, &p, &dec,
-              c.lens);
+    decide_on(dev, c.shape, &p, &dec, c.lens);
     const fd::DecodeArgs a = fd::make_decode_args(p, dec);
     FUZZ_CHECK(dec.longest_first == c.first && (a.launch.longest_first != 0) == c.first,
-               "%s (%d splits, wide %d): longest first %d, expected %d", c.what,
+               "%s (%d splits, wide %d): longest first %d, expected %d", c.shape.what,
                dec.split.num_splits, int(dec.wide), int(dec.longest_first), int(c.first));
   }
 }
@@ -868,36 +879,32 @@ void check_measured_longest_first() {
 void check_measured_warp_ranges() {
   constexpr int32_t E4M3 = FD_DTYPE_FP8_E4M3;
   struct Case {
-    const char* what;
-    int b, hq, hkv, k_len, d;
-    int32_t kv;  // 0: the q type
-    int page, window;
+    MeasuredShape shape;
     bool invariant, ranges;
   } cases[] = {
-      {"32/8 B16 K4096 page 16 (128 CTAs, 8 warps)", 16, 32, 8, 4096, 128, 0, 16, 0, false, true},
-      {"28/4 B33 K4096 page 16 (132 CTAs)", 33, 28, 4, 4096, 128, 0, 16, 0, false, true},
-      {"B1 K32768 split page 16 (128 CTAs)", 1, 32, 8, 32768, 128, 0, 16, 0, false, true},
-      {"fp8 B16 page 32", 16, 32, 8, 4096, 128, E4M3, 32, 0, false, true},
-      {"D96 MHA B4 page 16", 4, 32, 32, 4096, 96, 0, 16, 0, false, true},
-      {"B15 (120 CTAs)", 15, 32, 8, 4096, 128, 0, 16, 0, false, false},
-      {"40/8 B12 K6000 (96 CTAs)", 12, 40, 8, 6000, 128, 0, 16, 0, false, false},
-      {"B17 (136 CTAs: two waves)", 17, 32, 8, 4096, 128, 0, 16, 0, false, false},
-      {"B64 K2048 (several waves)", 64, 32, 8, 2048, 128, 0, 16, 0, false, false},
-      {"page 17 (per-key)", 16, 32, 8, 4096, 128, 0, 17, 0, false, false},
-      {"window (per-key)", 16, 32, 8, 4096, 128, 0, 16, 128, false, false},
-      {"contiguous", 16, 32, 8, 4096, 128, 0, 0, 0, false, false},
-      {"batch-invariant", 16, 32, 8, 4096, 128, 0, 16, 0, true, false},
+      {{"B16 K4096 page 16 (128 CTAs, 8 warps)", 16, 32, 8, 4096, 128, 0, 16, 0}, false, true},
+      {{"28/4 B33 K4096 page 16 (132 CTAs)", 33, 28, 4, 4096, 128, 0, 16, 0}, false, true},
+      {{"B1 K32768 split page 16 (128 CTAs)", 1, 32, 8, 32768, 128, 0, 16, 0}, false, true},
+      {{"fp8 B16 page 32", 16, 32, 8, 4096, 128, E4M3, 32, 0}, false, true},
+      {{"D96 MHA B4 page 16", 4, 32, 32, 4096, 96, 0, 16, 0}, false, true},
+      {{"B15 (120 CTAs)", 15, 32, 8, 4096, 128, 0, 16, 0}, false, false},
+      {{"40/8 B12 K6000 (96 CTAs)", 12, 40, 8, 6000, 128, 0, 16, 0}, false, false},
+      {{"B17 (136 CTAs: two waves)", 17, 32, 8, 4096, 128, 0, 16, 0}, false, false},
+      {{"B64 K2048 (several waves)", 64, 32, 8, 2048, 128, 0, 16, 0}, false, false},
+      {{"page 17 (per-key)", 16, 32, 8, 4096, 128, 0, 17, 0}, false, false},
+      {{"window (per-key)", 16, 32, 8, 4096, 128, 0, 16, 128}, false, false},
+      {{"contiguous", 16, 32, 8, 4096, 128, 0, 0, 0}, false, false},
+      {{"batch-invariant", 16, 32, 8, 4096, 128, 0, 16, 0}, true, false},
   };
   for (const Case& c : cases) {
     fdfuzz::FakeDevice dev;
     dev.ctas_per_sm = 2;
     fd::Problem p;
     fd::LaunchDecision dec;
-    decide_on(dev, c.what, c.b, c.hq, c.hkv, c.k_len, c.d, c.kv, c.page, c.window, &p, &dec,
-              false, c.invariant ? FD_FLAG_BATCH_INVARIANT : 0u);
+    decide_on(dev, c.shape, &p, &dec, false, c.invariant ? FD_FLAG_BATCH_INVARIANT : 0u);
     const fd::DecodeArgs a = fd::make_decode_args(p, dec);
     FUZZ_CHECK(dec.warp_ranges == c.ranges && (a.launch.warp_ranges != 0) == c.ranges,
-               "%s (%d splits, wide %d): tile ranges %d, expected %d", c.what,
+               "%s (%d splits, wide %d): tile ranges %d, expected %d", c.shape.what,
                dec.split.num_splits, int(dec.wide), int(dec.warp_ranges), int(c.ranges));
   }
 }
